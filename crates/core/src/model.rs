@@ -1,0 +1,465 @@
+//! The state runfleet tracks: jobs, launches, instances and runners, and the
+//! pure transitions between their states.
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::CapacityMarket;
+
+/// Milliseconds since the Unix epoch (or since the simulator's epoch).
+pub type Millis = u64;
+
+/// Where a runner is registered: one repository, or an organisation.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(tag = "kind", content = "name", rename_all = "lowercase")]
+pub enum Scope {
+    /// `owner/name`
+    Repo(String),
+    /// `owner`
+    Org(String),
+}
+
+impl Scope {
+    /// Whether a runner registered here may take a job of `repo`.
+    pub fn admits(&self, repo: &str) -> bool {
+        match self {
+            Scope::Repo(r) => r.eq_ignore_ascii_case(repo),
+            Scope::Org(o) => repo
+                .split_once('/')
+                .is_some_and(|(owner, _)| owner.eq_ignore_ascii_case(o)),
+        }
+    }
+}
+
+impl std::fmt::Display for Scope {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Scope::Repo(r) => write!(f, "repo {r}"),
+            Scope::Org(o) => write!(f, "org {o}"),
+        }
+    }
+}
+
+/// GitHub's view of a job, as a webhook or the REST API reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JobStatus {
+    Queued,
+    InProgress,
+    Completed,
+}
+
+/// A `workflow_job` observation: from a webhook delivery or from polling.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobEvent {
+    pub job_id: u64,
+    pub run_id: u64,
+    pub repo: String,
+    pub labels: Vec<String>,
+    pub status: JobStatus,
+    /// Set once a runner took the job.
+    pub runner_name: Option<String>,
+    /// `conclusion` of a completed job (`success`, `failure`, `cancelled`, ...).
+    pub conclusion: Option<String>,
+    /// When GitHub says it happened (or when it was observed).
+    pub at: Millis,
+}
+
+/// runfleet's state of a job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JobState {
+    /// Waiting for a runner.
+    Queued,
+    /// A runner took it.
+    InProgress,
+    /// Finished on GitHub (any conclusion).
+    Completed,
+    /// No pool serves it, or its repository is not allowed: never launched for.
+    Ignored,
+    /// runfleet gave up on it (a permanent launch error); `reason` says why.
+    Failed,
+}
+
+impl JobState {
+    pub fn is_terminal(self) -> bool {
+        matches!(self, JobState::Completed | JobState::Ignored | JobState::Failed)
+    }
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobState::Queued => "queued",
+            JobState::InProgress => "in_progress",
+            JobState::Completed => "completed",
+            JobState::Ignored => "ignored",
+            JobState::Failed => "failed",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Job {
+    pub id: u64,
+    pub run_id: u64,
+    pub repo: String,
+    pub labels: Vec<String>,
+    pub state: JobState,
+    pub queued_at: Millis,
+    pub started_at: Option<Millis>,
+    pub completed_at: Option<Millis>,
+    pub runner_name: Option<String>,
+    /// Why it is ignored or failed.
+    pub reason: Option<String>,
+    /// Launches made on its behalf so far (names the next launch id).
+    pub launches: u32,
+    /// No launch for it before this time (backoff after a failed launch).
+    pub retry_at: Millis,
+}
+
+impl Job {
+    pub fn new(ev: &JobEvent) -> Job {
+        let mut job = Job {
+            id: ev.job_id,
+            run_id: ev.run_id,
+            repo: ev.repo.clone(),
+            labels: ev.labels.clone(),
+            state: JobState::Queued,
+            queued_at: ev.at,
+            started_at: None,
+            completed_at: None,
+            runner_name: None,
+            reason: None,
+            launches: 0,
+            retry_at: 0,
+        };
+        job.apply(ev);
+        job
+    }
+
+    /// Folds a newer observation into the job. Events may arrive late,
+    /// twice or out of order: the state only moves forward
+    /// (queued -> in_progress -> completed), so applying any permutation of
+    /// a job's events gives the same result. Returns whether anything changed.
+    pub fn apply(&mut self, ev: &JobEvent) -> bool {
+        let before = self.clone();
+        if self.runner_name.is_none() && ev.runner_name.is_some() {
+            self.runner_name.clone_from(&ev.runner_name);
+        }
+        match ev.status {
+            JobStatus::Queued => {
+                self.queued_at = self.queued_at.min(ev.at);
+            }
+            JobStatus::InProgress => {
+                if matches!(self.state, JobState::Queued | JobState::Failed) {
+                    self.state = JobState::InProgress;
+                }
+                self.started_at = Some(self.started_at.map_or(ev.at, |t| t.min(ev.at)));
+            }
+            JobStatus::Completed => {
+                if self.state != JobState::Ignored {
+                    self.state = JobState::Completed;
+                }
+                self.completed_at = Some(self.completed_at.map_or(ev.at, |t| t.min(ev.at)));
+                if self.started_at.is_none() && ev.runner_name.is_some() {
+                    self.started_at = Some(ev.at);
+                }
+            }
+        }
+        *self != before
+    }
+}
+
+/// The closed set of failure kinds every adapter maps its errors to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorKind {
+    /// No capacity for this offering (InsufficientInstanceCapacity, Unsupported, ...).
+    Capacity,
+    /// Rate limited (RequestLimitExceeded, GitHub secondary limit).
+    Throttled,
+    /// Account quota (VcpuLimitExceeded, MaxSpotInstanceCountExceeded).
+    Quota,
+    /// Credentials or permissions.
+    Auth,
+    /// The request itself is wrong (bad launch template, bad subnet): permanent.
+    Invalid,
+    /// Not there.
+    NotFound,
+    /// Anything that may work when tried again (5xx, timeouts).
+    Transient,
+}
+
+impl ErrorKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorKind::Capacity => "capacity",
+            ErrorKind::Throttled => "throttled",
+            ErrorKind::Quota => "quota",
+            ErrorKind::Auth => "auth",
+            ErrorKind::Invalid => "invalid",
+            ErrorKind::NotFound => "not_found",
+            ErrorKind::Transient => "transient",
+        }
+    }
+    /// A launch that failed like this will not succeed by waiting.
+    pub fn is_permanent(self) -> bool {
+        matches!(self, ErrorKind::Invalid | ErrorKind::Auth)
+    }
+}
+
+/// One point of the fallback chain: an instance type in a subnet in a market.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Offering {
+    pub instance_type: String,
+    /// `None`: the launch template's subnet.
+    pub subnet: Option<String>,
+    pub market: CapacityMarket,
+}
+
+impl std::fmt::Display for Offering {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let market = match self.market {
+            CapacityMarket::Spot => "spot",
+            CapacityMarket::OnDemand => "on-demand",
+        };
+        write!(
+            f,
+            "{} {} in {}",
+            market,
+            self.instance_type,
+            self.subnet.as_deref().unwrap_or("template subnet")
+        )
+    }
+}
+
+/// An offering that failed for capacity, skipped until `until`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Unavailable {
+    pub offering: Offering,
+    pub until: Millis,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LaunchState {
+    /// Recorded; the cloud call is to be made (or is being made).
+    Requested,
+    /// The cloud answered with an instance.
+    Launched,
+    /// The cloud answered with an error for every offering.
+    Failed,
+}
+
+/// One request for one instance, recorded before the cloud call. Its id is
+/// the call's idempotency token.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Launch {
+    pub id: String,
+    pub pool: String,
+    pub scope: Scope,
+    /// The job it was made for (none for `launch` / `/v1/start`).
+    pub job_id: Option<u64>,
+    /// Extra label that makes the runner unique (`launch` and `/v1/start`).
+    pub unique_label: Option<String>,
+    /// `Name` tag override.
+    pub name: Option<String>,
+    pub state: LaunchState,
+    pub requested_at: Millis,
+    pub instance_id: Option<String>,
+    pub error: Option<(ErrorKind, String)>,
+    /// A call that failed in a way that may pass is made again, with the
+    /// same id, no earlier than this.
+    pub not_before: Millis,
+}
+
+/// EC2 instance state, as far as runfleet cares.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum InstanceState {
+    Pending,
+    Running,
+    Stopping,
+    Stopped,
+    ShuttingDown,
+    Terminated,
+}
+
+impl InstanceState {
+    pub fn is_gone(self) -> bool {
+        matches!(self, InstanceState::ShuttingDown | InstanceState::Terminated)
+    }
+    pub fn as_str(self) -> &'static str {
+        match self {
+            InstanceState::Pending => "pending",
+            InstanceState::Running => "running",
+            InstanceState::Stopping => "stopping",
+            InstanceState::Stopped => "stopped",
+            InstanceState::ShuttingDown => "shutting_down",
+            InstanceState::Terminated => "terminated",
+        }
+    }
+}
+
+/// Why an instance is terminated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TerminateReason {
+    /// Its job completed and `completed_grace` passed.
+    Completed,
+    /// Its runner never came online within `boot_timeout`.
+    BootTimeout,
+    /// Older than the pool's `max_lifetime`.
+    MaxLifetime,
+    /// Tagged with this fleet but unknown to the store, older than `boot_timeout`.
+    Orphan,
+    /// Idle runner that no queued job needs.
+    Idle,
+    /// Its pool is no longer configured.
+    PoolRemoved,
+}
+
+impl TerminateReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TerminateReason::Completed => "completed",
+            TerminateReason::BootTimeout => "boot_timeout",
+            TerminateReason::MaxLifetime => "max_lifetime",
+            TerminateReason::Orphan => "orphan",
+            TerminateReason::Idle => "idle",
+            TerminateReason::PoolRemoved => "pool_removed",
+        }
+    }
+}
+
+/// An instance of this fleet: the cloud's facts merged with the store's.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Instance {
+    pub id: String,
+    /// `runfleet:fleet` tag.
+    pub fleet: String,
+    /// `runfleet:pool` tag.
+    pub pool: String,
+    pub state: InstanceState,
+    pub launched_at: Millis,
+    /// The store's launch record for it; `None` for an instance the store does not know.
+    pub launch_id: Option<String>,
+    /// Where its runner is registered (from the launch record).
+    pub scope: Option<Scope>,
+    pub unique_label: Option<String>,
+    pub market: Option<CapacityMarket>,
+    /// The JIT config was minted and written to SSM.
+    pub jit_written: bool,
+    /// The SSM parameter may still exist.
+    pub param_present: bool,
+    /// First time its runner was seen online (or took a job).
+    pub runner_online_at: Option<Millis>,
+    /// Its runner is running a job.
+    pub busy: bool,
+    /// Its runner's job completed at.
+    pub job_done_at: Option<Millis>,
+    /// Termination was requested at, and why.
+    pub terminate_requested_at: Option<Millis>,
+    pub terminate_reason: Option<TerminateReason>,
+}
+
+impl Instance {
+    pub fn runner_name(&self) -> String {
+        runner_name(&self.pool, &self.id)
+    }
+    pub fn alive(&self) -> bool {
+        !self.state.is_gone()
+    }
+}
+
+/// `runfleet-<pool>-<instance id>`.
+pub fn runner_name(pool: &str, instance_id: &str) -> String {
+    format!("runfleet-{pool}-{instance_id}")
+}
+
+/// The instance id named by a runner name of the form
+/// `runfleet-<pool>-<instance id>` (instance ids start with `i-`).
+pub fn instance_of_runner(name: &str) -> Option<&str> {
+    let rest = name.strip_prefix("runfleet-")?;
+    let idx = rest.rfind("-i-")?;
+    let id = &rest[idx + 1..];
+    (id.len() > 2 && id[2..].bytes().all(|b| b.is_ascii_alphanumeric())).then_some(id)
+}
+
+/// A self-hosted runner as GitHub lists it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Runner {
+    pub id: u64,
+    pub name: String,
+    pub scope: Scope,
+    pub online: bool,
+    pub busy: bool,
+    pub labels: Vec<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ev(status: JobStatus, at: Millis, runner: Option<&str>) -> JobEvent {
+        JobEvent {
+            job_id: 1,
+            run_id: 2,
+            repo: "o/r".into(),
+            labels: vec!["self-hosted".into()],
+            status,
+            runner_name: runner.map(str::to_string),
+            conclusion: None,
+            at,
+        }
+    }
+
+    #[test]
+    fn job_events_commute() {
+        let events = [
+            ev(JobStatus::Queued, 10, None),
+            ev(JobStatus::InProgress, 20, Some("runfleet-p-i-0abc")),
+            ev(JobStatus::Completed, 30, Some("runfleet-p-i-0abc")),
+        ];
+        let orders = [[0, 1, 2], [2, 1, 0], [1, 0, 2], [2, 0, 1], [0, 2, 1], [1, 2, 0]];
+        let mut results = Vec::new();
+        for order in orders {
+            let mut job = Job::new(&events[order[0]]);
+            for &i in &order[1..] {
+                job.apply(&events[i]);
+            }
+            results.push(job);
+        }
+        for r in &results {
+            assert_eq!(r.state, JobState::Completed);
+            assert_eq!(r.started_at, Some(20));
+            assert_eq!(r.completed_at, Some(30));
+            assert_eq!(r.runner_name.as_deref(), Some("runfleet-p-i-0abc"));
+        }
+        let first = &results[0];
+        assert!(results.iter().all(|r| r.state == first.state && r.completed_at == first.completed_at));
+    }
+
+    #[test]
+    fn duplicate_event_changes_nothing() {
+        let e = ev(JobStatus::InProgress, 20, Some("runfleet-p-i-1"));
+        let mut job = Job::new(&ev(JobStatus::Queued, 10, None));
+        assert!(job.apply(&e));
+        assert!(!job.apply(&e));
+    }
+
+    #[test]
+    fn runner_names_round_trip() {
+        let name = runner_name("linux-x64", "i-0123456789abcdef0");
+        assert_eq!(name, "runfleet-linux-x64-i-0123456789abcdef0");
+        assert_eq!(instance_of_runner(&name), Some("i-0123456789abcdef0"));
+        assert_eq!(instance_of_runner("other-runner"), None);
+        assert_eq!(instance_of_runner("runfleet-pool-"), None);
+        assert_eq!(instance_of_runner("runfleet-pool-i-"), None);
+    }
+
+    #[test]
+    fn scope_admits() {
+        assert!(Scope::Repo("Acme/App".into()).admits("acme/app"));
+        assert!(!Scope::Repo("acme/app".into()).admits("acme/lib"));
+        assert!(Scope::Org("acme".into()).admits("ACME/lib"));
+        assert!(!Scope::Org("acme".into()).admits("other/lib"));
+    }
+}

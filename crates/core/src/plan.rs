@@ -1,0 +1,391 @@
+//! The planner: the one place that decides. Given the config, everything
+//! observed, and the time, it returns the actions that move the world toward
+//! "every servable queued job has exactly one runner coming, and no instance
+//! lives that nothing needs".
+//!
+//! Demand and supply are counted per (pool, scope): a queued job needs a
+//! runner of its pool registered where the job's repository can use it, and
+//! any idle runner with the right labels may take any such job (GitHub's
+//! semantics), so runners are not pinned to jobs; only their number is.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::{Config, PoolConfig, RunnerScope};
+use crate::labels::pool_for;
+use crate::model::{
+    ErrorKind, Instance, Job, JobState, Launch, LaunchState, Millis, Offering, Runner, Scope,
+    TerminateReason, Unavailable, instance_of_runner,
+};
+
+/// How long an offering that failed for capacity is skipped.
+pub const UNAVAILABLE_FOR_MS: Millis = 3 * 60 * 1000;
+/// A termination not yet seen to take effect is asked for again after this.
+pub const TERMINATE_RETRY_MS: Millis = 60 * 1000;
+
+/// Everything the planner looks at. The engine keeps its state in this shape.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Observed {
+    pub jobs: BTreeMap<u64, Job>,
+    pub launches: BTreeMap<String, Launch>,
+    /// Instances tagged with a fleet, by id. The planner ignores any whose
+    /// fleet is not the config's.
+    pub instances: BTreeMap<String, Instance>,
+    /// Runners GitHub lists in the scopes runfleet uses.
+    pub runners: Vec<Runner>,
+    /// Instance ids with a JIT parameter under the fleet's prefix, as listed.
+    pub params: BTreeSet<String>,
+    pub unavailable: Vec<Unavailable>,
+    /// Launch ids and instance ids with an action under way: not repeated.
+    pub in_flight: BTreeSet<String>,
+}
+
+/// A launch to make (new) or to resume (recorded, call not known to be done).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LaunchPlan {
+    pub id: String,
+    pub pool: String,
+    pub scope: Scope,
+    pub job_id: Option<u64>,
+    pub unique_label: Option<String>,
+    pub name: Option<String>,
+    /// The fallback chain to walk, offerings known unavailable left out.
+    pub offerings: Vec<Offering>,
+    /// Already recorded in the store: call again with the same id.
+    pub resume: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Action {
+    /// Record (unless resuming), then call the cloud with the id as token.
+    Launch(LaunchPlan),
+    /// Mint the runner's JIT config and write it to SSM.
+    ProvisionRunner {
+        instance_id: String,
+        pool: String,
+        scope: Scope,
+        runner_name: String,
+        labels: Vec<String>,
+        runner_group_id: u64,
+    },
+    /// Delete the instance's JIT parameter.
+    DeleteParameter { instance_id: String },
+    /// Deregister its runner (when known; a busy runner aborts the
+    /// termination), delete its parameter, terminate the instance.
+    Terminate {
+        instance_id: String,
+        pool: String,
+        runner: Option<(Scope, u64)>,
+        reason: TerminateReason,
+    },
+    /// Deregister a runner of this fleet whose instance is gone.
+    DeleteRunner { scope: Scope, runner_id: u64, name: String },
+    /// Mark a job ignored or failed, with a reason.
+    MarkJob { job_id: u64, state: JobState, reason: String },
+}
+
+/// Where runners of `pool` for jobs of `repo` are registered.
+pub fn scope_for(pool: &PoolConfig, repo: &str) -> Scope {
+    match pool.runner_scope {
+        RunnerScope::Repo => Scope::Repo(repo.to_string()),
+        RunnerScope::Org => Scope::Org(repo.split('/').next().unwrap_or(repo).to_string()),
+    }
+}
+
+/// The id of the `n`th launch (1-based) made for a job. Stable, so a
+/// resumed launch reuses its idempotency token; at most 64 characters.
+pub fn launch_id(fleet: &str, job_id: u64, n: u32) -> String {
+    format!("{fleet}-j{job_id}-{n}")
+}
+
+/// The fallback chain of a pool: each market in order, each instance type
+/// in order, each subnet in order; offerings still marked unavailable at
+/// `now` are left out.
+pub fn offerings(pool: &PoolConfig, unavailable: &[Unavailable], now: Millis) -> Vec<Offering> {
+    let subnets: Vec<Option<String>> = if pool.subnets.is_empty() {
+        vec![None]
+    } else {
+        pool.subnets.iter().cloned().map(Some).collect()
+    };
+    let mut out = Vec::new();
+    for &market in pool.market.chain() {
+        for instance_type in &pool.instance_types {
+            for subnet in &subnets {
+                let o = Offering { instance_type: instance_type.clone(), subnet: subnet.clone(), market };
+                if !unavailable.iter().any(|u| u.until > now && u.offering == o) {
+                    out.push(o);
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Delay before the next launch for a job whose `attempts`th launch failed
+/// for a reason that may pass (capacity, quota, throttling): 5 s doubling,
+/// capped at 2 minutes.
+pub fn retry_backoff(attempts: u32) -> Millis {
+    let base: Millis = 5_000;
+    base.saturating_mul(1 << attempts.saturating_sub(1).min(5)).min(120_000)
+}
+
+/// Labels a runner of `pool` is registered with.
+pub fn runner_labels(pool: &PoolConfig, unique_label: Option<&str>) -> Vec<String> {
+    let mut labels = pool.labels.clone();
+    if let Some(u) = unique_label {
+        labels.push(u.to_string());
+    }
+    labels
+}
+
+type Key = (String, Scope);
+
+/// Decides. Pure: the same inputs always give the same actions, in the same order.
+pub fn plan(config: &Config, obs: &Observed, now: Millis) -> Vec<Action> {
+    let mut actions = Vec::new();
+    let boot_timeout = config.server.boot_timeout.as_millis() as Millis;
+    let grace = config.server.completed_grace.as_millis() as Millis;
+    let ours = |i: &&Instance| i.fleet == config.fleet;
+
+    // Demand: queued jobs by (pool, scope); unservable jobs are marked.
+    let mut demand: BTreeMap<Key, Vec<&Job>> = BTreeMap::new();
+    let failed_launch: HashMap<u64, &Launch> = obs
+        .launches
+        .values()
+        .filter(|l| l.state == LaunchState::Failed)
+        .filter_map(|l| l.job_id.map(|j| (j, l)))
+        .collect();
+    for job in obs.jobs.values().filter(|j| j.state == JobState::Queued) {
+        if !config.repo_allowed(&job.repo) {
+            actions.push(Action::MarkJob {
+                job_id: job.id,
+                state: JobState::Ignored,
+                reason: format!("repository {} is not in github.repos", job.repo),
+            });
+            continue;
+        }
+        let Some(pool) = pool_for(config, &job.labels) else {
+            actions.push(Action::MarkJob {
+                job_id: job.id,
+                state: JobState::Ignored,
+                reason: format!("no pool has all of the labels {:?}", job.labels),
+            });
+            continue;
+        };
+        if let Some(l) = failed_launch.get(&job.id)
+            && let Some((kind, msg)) = &l.error
+            && kind.is_permanent()
+            && l.id == launch_id(&config.fleet, job.id, job.launches)
+        {
+            actions.push(Action::MarkJob {
+                job_id: job.id,
+                state: JobState::Failed,
+                reason: format!("launch in pool {} failed ({}): {msg}", pool.name, kind.as_str()),
+            });
+            continue;
+        }
+        demand.entry((pool.name.clone(), scope_for(pool, &job.repo))).or_default().push(job);
+    }
+
+    // Supply: runners coming or idle, by (pool, scope); instances alive by pool.
+    let mut supply: HashMap<Key, u32> = HashMap::new();
+    let mut alive: HashMap<&str, u32> = HashMap::new();
+    for l in obs.launches.values().filter(|l| l.state == LaunchState::Requested) {
+        *supply.entry((l.pool.clone(), l.scope.clone())).or_default() += 1;
+        *alive.entry(l.pool.as_str()).or_default() += 1;
+        if !obs.in_flight.contains(&l.id)
+            && l.not_before <= now
+            && let Some(pool) = config.pool(&l.pool)
+        {
+            actions.push(Action::Launch(LaunchPlan {
+                id: l.id.clone(),
+                pool: l.pool.clone(),
+                scope: l.scope.clone(),
+                job_id: l.job_id,
+                unique_label: l.unique_label.clone(),
+                name: l.name.clone(),
+                offerings: offerings(pool, &obs.unavailable, now),
+                resume: true,
+            }));
+        }
+    }
+    for i in obs.instances.values().filter(ours).filter(|i| i.alive()) {
+        *alive.entry(i.pool.as_str()).or_default() += 1;
+        if let Some(scope) = &i.scope
+            && i.terminate_requested_at.is_none()
+            && !i.busy
+            && i.job_done_at.is_none()
+            && i.unique_label.is_none()
+        {
+            *supply.entry((i.pool.clone(), scope.clone())).or_default() += 1;
+        }
+    }
+
+    // Launches: oldest jobs first within a pool, never past max_runners.
+    let mut by_pool: BTreeMap<&str, Vec<(&Job, &Scope)>> = BTreeMap::new();
+    for ((pool, scope), jobs) in &demand {
+        let covered = supply.get(&(pool.clone(), scope.clone())).copied().unwrap_or(0) as usize;
+        let mut jobs = jobs.clone();
+        jobs.sort_by_key(|j| (j.queued_at, j.id));
+        for job in jobs.into_iter().skip(covered) {
+            by_pool.entry(pool.as_str()).or_default().push((job, scope));
+        }
+    }
+    for (pool_name, mut wanting) in by_pool {
+        let Some(pool) = config.pool(pool_name) else { continue };
+        wanting.sort_by_key(|(j, _)| (j.queued_at, j.id));
+        let chain = offerings(pool, &obs.unavailable, now);
+        if chain.is_empty() {
+            continue; // every offering is cooling down after capacity errors
+        }
+        let count = alive.entry(pool_name).or_default();
+        for (job, scope) in wanting {
+            if *count >= pool.max_runners {
+                break;
+            }
+            if job.retry_at > now {
+                continue;
+            }
+            *count += 1;
+            actions.push(Action::Launch(LaunchPlan {
+                id: launch_id(&config.fleet, job.id, job.launches + 1),
+                pool: pool.name.clone(),
+                scope: scope.clone(),
+                job_id: Some(job.id),
+                unique_label: None,
+                name: None,
+                offerings: chain.clone(),
+                resume: false,
+            }));
+        }
+    }
+
+    // Runners for instances that have none yet.
+    for i in obs.instances.values().filter(ours).filter(|i| i.alive()) {
+        if i.jit_written || i.terminate_requested_at.is_some() || obs.in_flight.contains(&i.id) {
+            continue;
+        }
+        let (Some(scope), Some(pool)) = (&i.scope, config.pool(&i.pool)) else { continue };
+        actions.push(Action::ProvisionRunner {
+            instance_id: i.id.clone(),
+            pool: pool.name.clone(),
+            scope: scope.clone(),
+            runner_name: i.runner_name(),
+            labels: runner_labels(pool, i.unique_label.as_deref()),
+            runner_group_id: pool.runner_group_id,
+        });
+    }
+
+    // Terminations.
+    let runner_by_name: HashMap<&str, &Runner> =
+        obs.runners.iter().map(|r| (r.name.as_str(), r)).collect();
+    let mut surplus: HashMap<Key, u32> = HashMap::new();
+    for (key, n) in &supply {
+        let want = demand.get(key).map_or(0, |v| v.len()) as u32;
+        if *n > want {
+            surplus.insert(key.clone(), n - want);
+        }
+    }
+    let mut terminating: BTreeSet<&str> = BTreeSet::new();
+    for i in obs.instances.values().filter(ours).filter(|i| i.alive()) {
+        if obs.in_flight.contains(&i.id) {
+            continue;
+        }
+        let runner = runner_by_name.get(i.runner_name().as_str()).copied();
+        if i.busy || runner.is_some_and(|r| r.busy) {
+            continue; // never under a running job
+        }
+        if let Some(t) = i.terminate_requested_at {
+            if now.saturating_sub(t) >= TERMINATE_RETRY_MS {
+                terminating.insert(&i.id);
+                let reason = i.terminate_reason.unwrap_or(TerminateReason::Completed);
+                actions.push(terminate(i, runner, reason));
+            }
+            continue;
+        }
+        let age = now.saturating_sub(i.launched_at);
+        let pool = config.pool(&i.pool);
+        let reason = match (pool, &i.launch_id) {
+            (_, None) if age >= boot_timeout => Some(TerminateReason::Orphan),
+            (_, None) => None,
+            (None, Some(_)) => Some(TerminateReason::PoolRemoved),
+            (Some(pool), Some(_)) => {
+                if i.job_done_at.is_some_and(|t| now >= t.saturating_add(grace)) {
+                    Some(TerminateReason::Completed)
+                } else if age >= pool.max_lifetime.as_millis() as Millis {
+                    Some(TerminateReason::MaxLifetime)
+                } else if i.runner_online_at.is_none() && i.job_done_at.is_none() && age >= boot_timeout {
+                    Some(TerminateReason::BootTimeout)
+                } else if let (Some(online), Some(scope), None) =
+                    (i.runner_online_at, &i.scope, i.job_done_at)
+                {
+                    let key = (i.pool.clone(), scope.clone());
+                    let spare = surplus.get_mut(&key);
+                    match spare {
+                        Some(n) if *n > 0 && now.saturating_sub(online) >= grace && i.unique_label.is_none() => {
+                            *n -= 1;
+                            Some(TerminateReason::Idle)
+                        }
+                        _ => None,
+                    }
+                } else {
+                    None
+                }
+            }
+        };
+        if let Some(reason) = reason {
+            terminating.insert(&i.id);
+            actions.push(terminate(i, runner, reason));
+        }
+    }
+
+    // Parameters: deleted once the runner is online or the instance is gone.
+    for i in obs.instances.values().filter(ours) {
+        if !i.param_present || terminating.contains(i.id.as_str()) || obs.in_flight.contains(&i.id) {
+            continue;
+        }
+        if i.runner_online_at.is_some() || !i.alive() || i.job_done_at.is_some() {
+            actions.push(Action::DeleteParameter { instance_id: i.id.clone() });
+        }
+    }
+    for id in &obs.params {
+        let known_alive = obs.instances.get(id).is_some_and(|i| i.alive() && i.fleet == config.fleet);
+        let tracked = obs.instances.get(id).is_some_and(|i| i.param_present);
+        if !known_alive && !tracked && !obs.in_flight.contains(id) {
+            actions.push(Action::DeleteParameter { instance_id: id.clone() });
+        }
+    }
+
+    // Runners whose instance (of this fleet) is gone.
+    for r in &obs.runners {
+        let Some(iid) = instance_of_runner(&r.name) else { continue };
+        let Some(i) = obs.instances.get(iid) else { continue };
+        if i.fleet != config.fleet || r.busy || terminating.contains(iid) {
+            continue;
+        }
+        if !i.alive() {
+            actions.push(Action::DeleteRunner {
+                scope: r.scope.clone(),
+                runner_id: r.id,
+                name: r.name.clone(),
+            });
+        }
+    }
+
+    actions
+}
+
+fn terminate(i: &Instance, runner: Option<&Runner>, reason: TerminateReason) -> Action {
+    Action::Terminate {
+        instance_id: i.id.clone(),
+        pool: i.pool.clone(),
+        runner: runner.map(|r| (r.scope.clone(), r.id)),
+        reason,
+    }
+}
+
+/// Whether an error kind on a launch counts against the offering (skip it for a while).
+pub fn marks_unavailable(kind: ErrorKind) -> bool {
+    matches!(kind, ErrorKind::Capacity)
+}

@@ -1,0 +1,931 @@
+//! The controller loop body: intake -> plan -> execute -> observe.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::sync::Arc;
+
+use futures::StreamExt;
+use runfleet_core::bucket::TokenBucket;
+use runfleet_core::config::Config;
+use runfleet_core::model::{
+    ErrorKind, Instance, InstanceState, Job, JobEvent, JobState, JobStatus, Launch, LaunchState,
+    Millis, Scope, Unavailable, instance_of_runner,
+};
+use runfleet_core::plan::{
+    Action, LaunchPlan, Observed, UNAVAILABLE_FOR_MS, marks_unavailable, plan, retry_backoff,
+};
+use runfleet_core::userdata::{UserDataParams, render};
+use serde::Serialize;
+use tracing::{info, warn};
+
+use crate::ports::{
+    Cloud, GitHub, JitRequest, LaunchOutcome, LaunchRequest, Mutation, PortError, PortResult,
+    Store, TimelineEvent,
+};
+
+/// Tag keys runfleet sets on every instance.
+pub const TAG_FLEET: &str = "runfleet:fleet";
+pub const TAG_POOL: &str = "runfleet:pool";
+pub const TAG_LAUNCH: &str = "runfleet:launch";
+
+/// Terminal jobs and gone instances are forgotten after this long.
+const RETENTION_MS: Millis = 60 * 60 * 1000;
+/// An instance missing from the cloud's listing this long after launch is gone.
+const VANISHED_AFTER_MS: Millis = 2 * 60 * 1000;
+/// A store-queued job absent from GitHub's queued list this long is looked up.
+const RECHECK_AFTER_MS: Millis = 30 * 1000;
+/// At most this many single-job lookups per reconcile.
+const MAX_JOB_LOOKUPS: usize = 50;
+
+/// Tunables of the executor.
+#[derive(Debug, Clone)]
+pub struct EngineOptions {
+    /// Adapter calls in flight at once.
+    pub concurrency: usize,
+    /// Client-side pacing of launch calls (EC2's RunInstances/CreateFleet bucket).
+    pub launch_bucket: (u32, f64),
+    /// Plan/execute rounds per step at most.
+    pub max_rounds: usize,
+}
+
+impl Default for EngineOptions {
+    fn default() -> Self {
+        EngineOptions { concurrency: 16, launch_bucket: (5, 2.0), max_rounds: 6 }
+    }
+}
+
+/// Counters the server exports as metrics and the demo summarises.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Stats {
+    /// pool -> outcome (`started`, `completed`, `ignored`, `failed`) -> count
+    pub jobs: BTreeMap<String, BTreeMap<String, u64>>,
+    /// pool -> error kind -> count
+    pub launch_errors: BTreeMap<String, BTreeMap<String, u64>>,
+    /// pool -> instances launched
+    pub launched: BTreeMap<String, u64>,
+    /// reason -> terminations requested
+    pub terminations: BTreeMap<String, u64>,
+    /// queued -> started, per started job, in milliseconds
+    pub queue_to_start_ms: Vec<u64>,
+    /// adapter calls that failed, by port and kind
+    pub adapter_errors: BTreeMap<String, u64>,
+    pub steps: u64,
+    pub reconciles: u64,
+}
+
+fn bump(map: &mut BTreeMap<String, BTreeMap<String, u64>>, a: &str, b: &str) {
+    *map.entry(a.to_string()).or_default().entry(b.to_string()).or_default() += 1;
+}
+
+enum Outcome {
+    Launch { id: String, result: PortResult<LaunchOutcome> },
+    Provision { instance_id: String, result: PortResult<u64> },
+    ParamDeleted { instance_id: String, result: PortResult<()> },
+    Terminate {
+        instance_id: String,
+        reason: runfleet_core::model::TerminateReason,
+        result: PortResult<()>,
+    },
+    RunnerDeleted { runner_id: u64, result: PortResult<()> },
+}
+
+/// The controller. Holds its state in memory, writes every change through
+/// to the store before acting on it, and resumes from the store.
+pub struct Engine {
+    cfg: Arc<Config>,
+    github: Arc<dyn GitHub>,
+    cloud: Arc<dyn Cloud>,
+    store: Arc<dyn Store>,
+    obs: Observed,
+    cursor: u64,
+    stats: Stats,
+    opts: EngineOptions,
+    launch_bucket: TokenBucket,
+    user_data: HashMap<String, Result<String, String>>,
+    repos: Option<(Millis, Vec<String>)>,
+}
+
+impl Engine {
+    /// Loads the durable state and is ready to step.
+    pub async fn new(
+        cfg: Arc<Config>,
+        github: Arc<dyn GitHub>,
+        cloud: Arc<dyn Cloud>,
+        store: Arc<dyn Store>,
+        opts: EngineOptions,
+        now: Millis,
+    ) -> PortResult<Engine> {
+        let snap = store.load().await?;
+        let mut obs = Observed::default();
+        obs.jobs = snap.jobs.into_iter().map(|j| (j.id, j)).collect();
+        obs.launches = snap.launches.into_iter().map(|l| (l.id.clone(), l)).collect();
+        obs.instances = snap.instances.into_iter().map(|i| (i.id.clone(), i)).collect();
+        obs.params = obs.instances.values().filter(|i| i.param_present).map(|i| i.id.clone()).collect();
+        let user_data = cfg
+            .pools
+            .iter()
+            .map(|p| {
+                let rendered = render(&UserDataParams {
+                    fleet: &cfg.fleet,
+                    os: p.os,
+                    arch: p.arch,
+                    runner_version: p.runner_version.as_deref(),
+                    setup_script: p.setup_script.as_deref(),
+                    max_lifetime_secs: p.max_lifetime.as_secs(),
+                    jit_poll_timeout_secs: cfg.server.boot_timeout.as_secs(),
+                })
+                .map_err(|e| e.to_string());
+                (p.name.clone(), rendered)
+            })
+            .collect();
+        let (cap, rate) = opts.launch_bucket;
+        Ok(Engine {
+            cfg,
+            github,
+            cloud,
+            store,
+            obs,
+            cursor: snap.cursor,
+            stats: Stats::default(),
+            launch_bucket: TokenBucket::new(cap, rate, now),
+            opts,
+            user_data,
+            repos: None,
+        })
+    }
+
+    pub fn observed(&self) -> &Observed {
+        &self.obs
+    }
+    pub fn stats(&self) -> &Stats {
+        &self.stats
+    }
+    pub fn config(&self) -> &Config {
+        &self.cfg
+    }
+
+    /// Durably records an observation (webhook or API): the caller may
+    /// acknowledge once this returns Ok. Does not change the engine's state;
+    /// the next [`Engine::step`] folds it in.
+    pub async fn intake(store: &dyn Store, delivery_id: &str, ev: &JobEvent) -> PortResult<bool> {
+        Ok(matches!(store.intake(delivery_id, ev).await?, crate::ports::Intake::Stored(_)))
+    }
+
+    /// Folds stored observations into jobs and instances.
+    pub async fn pull_intake(&mut self, now: Millis) -> PortResult<usize> {
+        let mut total = 0;
+        loop {
+            let batch = self.store.intake_since(self.cursor, 1000).await?;
+            if batch.is_empty() {
+                return Ok(total);
+            }
+            total += batch.len();
+            let mut muts = Vec::new();
+            let mut jobs_touched = BTreeSet::new();
+            let mut inst_touched = BTreeSet::new();
+            for (seq, ev) in &batch {
+                self.cursor = *seq;
+                self.fold_event(ev, now, &mut muts, &mut jobs_touched, &mut inst_touched);
+            }
+            for id in jobs_touched {
+                muts.push(Mutation::PutJob(self.obs.jobs[&id].clone()));
+            }
+            for id in inst_touched {
+                muts.push(Mutation::PutInstance(self.obs.instances[&id].clone()));
+            }
+            muts.push(Mutation::Cursor(self.cursor));
+            self.store.apply(&muts).await?;
+        }
+    }
+
+    fn fold_event(
+        &mut self,
+        ev: &JobEvent,
+        now: Millis,
+        muts: &mut Vec<Mutation>,
+        jobs_touched: &mut BTreeSet<u64>,
+        inst_touched: &mut BTreeSet<String>,
+    ) {
+        let pool_name = runfleet_core::labels::pool_for(&self.cfg, &ev.labels)
+            .map_or_else(|| "none".to_string(), |p| p.name.clone());
+        let (changed, started_now, completed_now) = match self.obs.jobs.get_mut(&ev.job_id) {
+            Some(job) => {
+                let was_started = job.started_at.is_some();
+                let was_completed = job.state == JobState::Completed;
+                let changed = job.apply(ev);
+                (
+                    changed,
+                    !was_started && job.started_at.is_some(),
+                    !was_completed && job.state == JobState::Completed,
+                )
+            }
+            None => {
+                let job = Job::new(ev);
+                let s = job.started_at.is_some();
+                let c = job.state == JobState::Completed;
+                self.obs.jobs.insert(ev.job_id, job);
+                muts.push(timeline(ev.at, Some(ev.job_id), None, format!("job queued in {} ({:?})", ev.repo, ev.labels)));
+                (true, s, c)
+            }
+        };
+        if !changed {
+            return;
+        }
+        jobs_touched.insert(ev.job_id);
+        let job = &self.obs.jobs[&ev.job_id];
+        if started_now {
+            let at = job.started_at.unwrap_or(now);
+            self.stats.queue_to_start_ms.push(at.saturating_sub(job.queued_at));
+            bump(&mut self.stats.jobs, &pool_name, "started");
+            muts.push(timeline(at, Some(job.id), None, format!("job started on {}", job.runner_name.as_deref().unwrap_or("?"))));
+            info!(job_id = job.id, run_id = job.run_id, repo = %job.repo, pool = %pool_name, runner_name = job.runner_name.as_deref().unwrap_or(""), "job started");
+        }
+        if completed_now {
+            bump(&mut self.stats.jobs, &pool_name, "completed");
+            muts.push(timeline(ev.at, Some(job.id), None, format!("job completed ({})", ev.conclusion.as_deref().unwrap_or("unknown"))));
+            info!(job_id = job.id, run_id = job.run_id, repo = %job.repo, pool = %pool_name, "job completed");
+        }
+        let Some(iid) = ev.runner_name.as_deref().and_then(instance_of_runner) else { return };
+        let Some(inst) = self.obs.instances.get_mut(iid) else { return };
+        let before = inst.clone();
+        match ev.status {
+            JobStatus::InProgress if inst.job_done_at.is_none() => {
+                inst.busy = true;
+                inst.runner_online_at.get_or_insert(ev.at);
+            }
+            JobStatus::Completed => {
+                inst.busy = false;
+                inst.runner_online_at.get_or_insert(ev.at);
+                inst.job_done_at.get_or_insert(ev.at);
+            }
+            _ => {}
+        }
+        if *inst != before {
+            inst_touched.insert(inst.id.clone());
+        }
+    }
+
+    /// Plans and executes until there is nothing left to do right now.
+    pub async fn step(&mut self, now: Millis) -> PortResult<usize> {
+        self.stats.steps += 1;
+        self.pull_intake(now).await?;
+        let mut done = 0;
+        for _ in 0..self.opts.max_rounds {
+            let actions = plan(&self.cfg, &self.obs, now);
+            if actions.is_empty() {
+                break;
+            }
+            let progressed = self.execute(actions, now).await?;
+            done += progressed;
+            if progressed == 0 {
+                break;
+            }
+        }
+        Ok(done)
+    }
+
+    /// Executes planned actions; returns how many changed something.
+    async fn execute(&mut self, actions: Vec<Action>, now: Millis) -> PortResult<usize> {
+        let mut pre = Vec::new();
+        let mut io = Vec::new();
+        let mut progressed = 0;
+        for a in actions {
+            match a {
+                Action::MarkJob { job_id, state, reason } => {
+                    if let Some(job) = self.obs.jobs.get_mut(&job_id) {
+                        job.state = state;
+                        job.reason = Some(reason.clone());
+                        let pool = runfleet_core::labels::pool_for(&self.cfg, &job.labels)
+                            .map_or("none", |p| p.name.as_str());
+                        bump(&mut self.stats.jobs, pool, state.as_str());
+                        warn!(job_id, run_id = job.run_id, repo = %job.repo, %reason, "job {}", state.as_str());
+                        pre.push(Mutation::PutJob(job.clone()));
+                        pre.push(timeline(now, Some(job_id), None, format!("job {}: {reason}", state.as_str())));
+                        progressed += 1;
+                    }
+                }
+                Action::Launch(lp) => {
+                    if !self.launch_bucket.try_take(1, now) {
+                        // Paced: record it now (so it counts against max_runners and
+                        // is resumed with the same id) but call later.
+                        let ready = self.launch_bucket.ready_at(1, now);
+                        if lp.resume {
+                            if let Some(l) = self.obs.launches.get_mut(&lp.id) {
+                                l.not_before = ready;
+                            }
+                            continue;
+                        }
+                        let l = self.record_launch(&lp, now, &mut pre);
+                        l.not_before = ready;
+                        let l = l.clone();
+                        pre.push(Mutation::PutLaunch(l));
+                        progressed += 1;
+                        continue;
+                    }
+                    if !lp.resume {
+                        let l = self.record_launch(&lp, now, &mut pre).clone();
+                        pre.push(Mutation::PutLaunch(l));
+                    }
+                    io.push(Action::Launch(lp));
+                }
+                other => io.push(other),
+            }
+        }
+        // Invariant: launches are durable before any cloud call.
+        if !pre.is_empty() {
+            self.store.apply(&pre).await?;
+        }
+        let outcomes: Vec<Outcome> = {
+            let this = &*self;
+            futures::stream::iter(io)
+                .map(|a| this.run(a))
+                .buffered(this.opts.concurrency.max(1))
+                .collect()
+                .await
+        };
+        let mut muts = Vec::new();
+        for o in outcomes {
+            if self.absorb(o, now, &mut muts) {
+                progressed += 1;
+            }
+        }
+        if !muts.is_empty() {
+            self.store.apply(&muts).await?;
+        }
+        Ok(progressed)
+    }
+
+    fn record_launch(&mut self, lp: &LaunchPlan, now: Millis, muts: &mut Vec<Mutation>) -> &mut Launch {
+        if let Some(job) = lp.job_id.and_then(|j| self.obs.jobs.get_mut(&j)) {
+            job.launches += 1;
+            muts.push(Mutation::PutJob(job.clone()));
+            muts.push(timeline(now, Some(job.id), None, format!("launch {} requested in pool {}", lp.id, lp.pool)));
+        }
+        self.obs.launches.insert(
+            lp.id.clone(),
+            Launch {
+                id: lp.id.clone(),
+                pool: lp.pool.clone(),
+                scope: lp.scope.clone(),
+                job_id: lp.job_id,
+                unique_label: lp.unique_label.clone(),
+                name: lp.name.clone(),
+                state: LaunchState::Requested,
+                requested_at: now,
+                instance_id: None,
+                error: None,
+                not_before: 0,
+            },
+        );
+        self.obs.launches.get_mut(&lp.id).expect("just inserted")
+    }
+
+    async fn run(&self, a: Action) -> Outcome {
+        let fleet = self.cfg.fleet.as_str();
+        match a {
+            Action::Launch(lp) => {
+                let result = match self.launch_request(&lp) {
+                    Ok(req) => self.cloud.launch(&req).await,
+                    Err(e) => Err(e),
+                };
+                Outcome::Launch { id: lp.id, result }
+            }
+            Action::ProvisionRunner { instance_id, scope, runner_name, labels, runner_group_id, .. } => {
+                let req = JitRequest { scope: scope.clone(), name: runner_name.clone(), labels, runner_group_id };
+                let result = self.provision(fleet, &instance_id, &req).await;
+                Outcome::Provision { instance_id, result }
+            }
+            Action::DeleteParameter { instance_id } => {
+                let result = self.cloud.delete_jit(fleet, &instance_id).await;
+                Outcome::ParamDeleted { instance_id, result }
+            }
+            Action::Terminate { instance_id, runner, reason, .. } => {
+                let result = async {
+                    if let Some((scope, id)) = &runner {
+                        match self.github.delete_runner(scope, *id).await {
+                            Ok(()) => {}
+                            Err(e) if e.kind == ErrorKind::NotFound => {}
+                            Err(e) => return Err(e),
+                        }
+                    }
+                    let _ = self.cloud.delete_jit(fleet, &instance_id).await;
+                    self.cloud.terminate(fleet, std::slice::from_ref(&instance_id)).await
+                }
+                .await;
+                Outcome::Terminate { instance_id, reason, result }
+            }
+            Action::DeleteRunner { scope, runner_id, .. } => {
+                let result = match self.github.delete_runner(&scope, runner_id).await {
+                    Err(e) if e.kind == ErrorKind::NotFound => Ok(()),
+                    r => r,
+                };
+                Outcome::RunnerDeleted { runner_id, result }
+            }
+            Action::MarkJob { .. } => unreachable!("applied before I/O"),
+        }
+    }
+
+    async fn provision(&self, fleet: &str, instance_id: &str, req: &JitRequest) -> PortResult<u64> {
+        let jit = match self.github.generate_jitconfig(req).await {
+            Ok(j) => j,
+            Err(e) if e.kind == ErrorKind::Invalid => {
+                // Most likely a runner of that name exists from an attempt that
+                // crashed before its config reached SSM: replace it.
+                let runners = self.github.list_runners(&req.scope).await?;
+                match runners.iter().find(|r| r.name == req.name) {
+                    Some(r) if !r.busy => {
+                        self.github.delete_runner(&req.scope, r.id).await?;
+                        self.github.generate_jitconfig(req).await?
+                    }
+                    _ => return Err(e),
+                }
+            }
+            Err(e) => return Err(e),
+        };
+        self.cloud.put_jit(fleet, instance_id, &jit.encoded).await?;
+        Ok(jit.runner_id)
+    }
+
+    fn launch_request(&self, lp: &LaunchPlan) -> PortResult<LaunchRequest> {
+        let pool = self
+            .cfg
+            .pool(&lp.pool)
+            .ok_or_else(|| PortError::new(ErrorKind::Invalid, format!("pool {} is not configured", lp.pool)))?;
+        let user_data = match self.user_data.get(&pool.name) {
+            Some(Ok(u)) => u.clone(),
+            Some(Err(e)) => return Err(PortError::new(ErrorKind::Invalid, format!("user data of pool {}: {e}", pool.name))),
+            None => return Err(PortError::new(ErrorKind::Invalid, format!("no user data for pool {}", pool.name))),
+        };
+        if lp.offerings.is_empty() {
+            return Err(PortError::new(ErrorKind::Capacity, "every offering is cooling down after capacity errors"));
+        }
+        let name = lp.name.clone().unwrap_or_else(|| format!("runfleet-{}", pool.name));
+        Ok(LaunchRequest {
+            client_token: lp.id.clone(),
+            fleet: self.cfg.fleet.clone(),
+            pool: pool.name.clone(),
+            launch_template: pool.launch_template.clone(),
+            launch_template_version: pool.launch_template_version.clone(),
+            offerings: lp.offerings.clone(),
+            tags: vec![
+                (TAG_FLEET.to_string(), self.cfg.fleet.clone()),
+                (TAG_POOL.to_string(), pool.name.clone()),
+                ("Name".to_string(), name),
+                (TAG_LAUNCH.to_string(), lp.id.clone()),
+            ],
+            user_data,
+            role_arn: pool.role_arn.clone().or_else(|| self.cfg.aws.role_arn.clone()),
+            external_id: pool.external_id.clone().or_else(|| self.cfg.aws.external_id.clone()),
+        })
+    }
+
+    /// Applies one outcome to the state; returns whether it succeeded.
+    fn absorb(&mut self, o: Outcome, now: Millis, muts: &mut Vec<Mutation>) -> bool {
+        match o {
+            Outcome::Launch { id, result } => self.absorb_launch(&id, result, now, muts),
+            Outcome::Provision { instance_id, result } => {
+                let Some(inst) = self.obs.instances.get_mut(&instance_id) else { return false };
+                match result {
+                    Ok(runner_id) => {
+                        inst.jit_written = true;
+                        inst.param_present = true;
+                        self.obs.params.insert(instance_id.clone());
+                        info!(instance_id = %inst.id, pool = %inst.pool, runner_name = %inst.runner_name(), runner_id, "runner config written");
+                        muts.push(Mutation::PutInstance(inst.clone()));
+                        muts.push(timeline(now, None, Some(&instance_id), format!("runner {} registered, config in SSM", inst.runner_name())));
+                        true
+                    }
+                    Err(e) => {
+                        self.adapter_error("provision", &e);
+                        warn!(instance_id = %instance_id, error = %e, "runner config not written");
+                        false
+                    }
+                }
+            }
+            Outcome::ParamDeleted { instance_id, result } => match result {
+                Ok(()) => {
+                    self.obs.params.remove(&instance_id);
+                    if let Some(inst) = self.obs.instances.get_mut(&instance_id) {
+                        inst.param_present = false;
+                        muts.push(Mutation::PutInstance(inst.clone()));
+                    }
+                    true
+                }
+                Err(e) => {
+                    self.adapter_error("delete_parameter", &e);
+                    false
+                }
+            },
+            Outcome::Terminate { instance_id, reason, result } => match result {
+                Ok(()) => {
+                    *self.stats.terminations.entry(reason.as_str().to_string()).or_default() += 1;
+                    self.obs.params.remove(&instance_id);
+                    if let Some(inst) = self.obs.instances.get_mut(&instance_id) {
+                        inst.terminate_requested_at = Some(now);
+                        inst.terminate_reason = Some(reason);
+                        inst.param_present = false;
+                        info!(instance_id = %inst.id, pool = %inst.pool, runner_name = %inst.runner_name(), reason = reason.as_str(), "instance terminated");
+                        muts.push(Mutation::PutInstance(inst.clone()));
+                        let job = self.job_of_instance(&instance_id);
+                        muts.push(timeline(now, job, Some(&instance_id), format!("instance terminated ({})", reason.as_str())));
+                    }
+                    true
+                }
+                Err(e) => {
+                    self.adapter_error("terminate", &e);
+                    warn!(instance_id = %instance_id, error = %e, "termination not done");
+                    false
+                }
+            },
+            Outcome::RunnerDeleted { runner_id, result } => match result {
+                Ok(()) => {
+                    self.obs.runners.retain(|r| r.id != runner_id);
+                    true
+                }
+                Err(e) => {
+                    self.adapter_error("delete_runner", &e);
+                    false
+                }
+            },
+        }
+    }
+
+    fn absorb_launch(&mut self, id: &str, result: PortResult<LaunchOutcome>, now: Millis, muts: &mut Vec<Mutation>) -> bool {
+        let Some(launch) = self.obs.launches.get(id).cloned() else { return false };
+        let pool = launch.pool.clone();
+        match result {
+            Ok(out) => {
+                for (offering, err) in &out.errors {
+                    bump(&mut self.stats.launch_errors, &pool, err.kind.as_str());
+                    if marks_unavailable(err.kind) {
+                        self.obs.unavailable.retain(|u| &u.offering != offering);
+                        self.obs.unavailable.push(Unavailable { offering: offering.clone(), until: now + UNAVAILABLE_FOR_MS });
+                    }
+                }
+                let mut l = launch;
+                match out.instance {
+                    Some(inst) => {
+                        l.state = LaunchState::Launched;
+                        l.instance_id = Some(inst.instance_id.clone());
+                        *self.stats.launched.entry(pool.clone()).or_default() += 1;
+                        let instance = Instance {
+                            id: inst.instance_id.clone(),
+                            fleet: self.cfg.fleet.clone(),
+                            pool: pool.clone(),
+                            state: InstanceState::Pending,
+                            launched_at: inst.launched_at,
+                            launch_id: Some(l.id.clone()),
+                            scope: Some(l.scope.clone()),
+                            unique_label: l.unique_label.clone(),
+                            market: Some(inst.offering.market),
+                            jit_written: false,
+                            param_present: false,
+                            runner_online_at: None,
+                            busy: false,
+                            job_done_at: None,
+                            terminate_requested_at: None,
+                            terminate_reason: None,
+                        };
+                        info!(job_id = l.job_id, pool = %pool, instance_id = %instance.id, offering = %inst.offering, launch_id = %l.id, "instance launched");
+                        muts.push(timeline(now, l.job_id, Some(&instance.id), format!("instance {} launched ({})", instance.id, inst.offering)));
+                        muts.push(Mutation::PutInstance(instance.clone()));
+                        self.obs.instances.insert(instance.id.clone(), instance);
+                    }
+                    None => {
+                        let (kind, msg) = out
+                            .errors
+                            .last()
+                            .map(|(o, e)| (e.kind, format!("{o}: {}", e.message)))
+                            .unwrap_or((ErrorKind::Capacity, "no offering launched".into()));
+                        l.state = LaunchState::Failed;
+                        l.error = Some((kind, msg.clone()));
+                        self.fail_launch_job(&l, kind, &msg, now, muts);
+                    }
+                }
+                muts.push(Mutation::PutLaunch(l.clone()));
+                self.obs.launches.insert(l.id.clone(), l);
+                true
+            }
+            Err(e) => {
+                bump(&mut self.stats.launch_errors, &pool, e.kind.as_str());
+                self.adapter_error("launch", &e);
+                let mut l = launch;
+                if e.kind.is_permanent() || matches!(e.kind, ErrorKind::Capacity | ErrorKind::Quota) {
+                    l.state = LaunchState::Failed;
+                    l.error = Some((e.kind, e.message.clone()));
+                    self.fail_launch_job(&l, e.kind, &e.message, now, muts);
+                } else {
+                    // May have happened: call again later with the same token.
+                    let attempt = (now.saturating_sub(l.requested_at) / 5_000) as u32 + 1;
+                    let wait = e.retry_after_ms.unwrap_or(0).max(retry_backoff(attempt) / 5 + jitter(&l.id, attempt));
+                    l.not_before = now + wait;
+                }
+                muts.push(Mutation::PutLaunch(l.clone()));
+                self.obs.launches.insert(l.id.clone(), l);
+                false
+            }
+        }
+    }
+
+    fn fail_launch_job(&mut self, l: &Launch, kind: ErrorKind, msg: &str, now: Millis, muts: &mut Vec<Mutation>) {
+        warn!(job_id = l.job_id, pool = %l.pool, launch_id = %l.id, kind = kind.as_str(), error = %msg, "launch failed");
+        if let Some(job) = l.job_id.and_then(|j| self.obs.jobs.get_mut(&j)) {
+            job.retry_at = now + retry_backoff(job.launches);
+            muts.push(Mutation::PutJob(job.clone()));
+            muts.push(timeline(now, Some(job.id), None, format!("launch {} failed ({}): {msg}", l.id, kind.as_str())));
+        }
+    }
+
+    fn adapter_error(&mut self, port: &str, e: &PortError) {
+        *self.stats.adapter_errors.entry(format!("{port}:{}", e.kind.as_str())).or_default() += 1;
+    }
+
+    fn job_of_instance(&self, instance_id: &str) -> Option<u64> {
+        let inst = self.obs.instances.get(instance_id)?;
+        self.obs.launches.get(inst.launch_id.as_ref()?)?.job_id
+    }
+
+    /// Compares GitHub and the cloud with the state and repairs the state;
+    /// the next step acts on the difference.
+    pub async fn reconcile(&mut self, now: Millis) -> PortResult<()> {
+        self.stats.reconciles += 1;
+        let mut muts = Vec::new();
+        self.reconcile_instances(now, &mut muts).await;
+        self.reconcile_runners(now, &mut muts).await;
+        match self.cloud.list_jit(&self.cfg.fleet).await {
+            Ok(ids) => self.obs.params = ids.into_iter().collect(),
+            Err(e) => self.adapter_error("list_jit", &e),
+        }
+        self.housekeeping(now, &mut muts);
+        if !muts.is_empty() {
+            self.store.apply(&muts).await?;
+        }
+        self.reconcile_jobs(now).await?;
+        self.pull_intake(now).await?;
+        Ok(())
+    }
+
+    async fn reconcile_instances(&mut self, now: Millis, muts: &mut Vec<Mutation>) {
+        let fleet = self.cfg.fleet.clone();
+        let listed = match self.cloud.list_instances(&fleet).await {
+            Ok(l) => l,
+            Err(e) => {
+                self.adapter_error("list_instances", &e);
+                warn!(error = %e, "cannot list instances; keeping what is known");
+                return;
+            }
+        };
+        let mut seen = HashSet::new();
+        for ci in listed {
+            if ci.tag(TAG_FLEET) != Some(fleet.as_str()) {
+                continue;
+            }
+            seen.insert(ci.id.clone());
+            match self.obs.instances.get_mut(&ci.id) {
+                Some(inst) => {
+                    if inst.state != ci.state {
+                        inst.state = ci.state;
+                        muts.push(Mutation::PutInstance(inst.clone()));
+                        if ci.state == InstanceState::Terminated {
+                            muts.push(timeline(now, None, Some(&ci.id), "instance gone".to_string()));
+                        }
+                    }
+                }
+                None => {
+                    let launch = ci.tag(TAG_LAUNCH).and_then(|l| self.obs.launches.get_mut(l));
+                    let (launch_id, scope, unique_label) = match launch {
+                        Some(l) => {
+                            if l.state != LaunchState::Launched {
+                                l.state = LaunchState::Launched;
+                                l.instance_id = Some(ci.id.clone());
+                                muts.push(Mutation::PutLaunch(l.clone()));
+                            }
+                            (Some(l.id.clone()), Some(l.scope.clone()), l.unique_label.clone())
+                        }
+                        None => (None, None, None),
+                    };
+                    if launch_id.is_none() && !ci.state.is_gone() {
+                        warn!(instance_id = %ci.id, "instance of this fleet unknown to the store");
+                    }
+                    let inst = Instance {
+                        id: ci.id.clone(),
+                        fleet: fleet.clone(),
+                        pool: ci.tag(TAG_POOL).unwrap_or("").to_string(),
+                        state: ci.state,
+                        launched_at: ci.launched_at,
+                        launch_id,
+                        scope,
+                        unique_label,
+                        market: ci.market,
+                        jit_written: false,
+                        param_present: false,
+                        runner_online_at: None,
+                        busy: false,
+                        job_done_at: None,
+                        terminate_requested_at: None,
+                        terminate_reason: None,
+                    };
+                    muts.push(Mutation::PutInstance(inst.clone()));
+                    self.obs.instances.insert(inst.id.clone(), inst);
+                }
+            }
+        }
+        for inst in self.obs.instances.values_mut() {
+            if inst.alive() && !seen.contains(&inst.id) && now.saturating_sub(inst.launched_at) > VANISHED_AFTER_MS {
+                inst.state = InstanceState::Terminated;
+                muts.push(Mutation::PutInstance(inst.clone()));
+                muts.push(timeline(now, None, Some(&inst.id), "instance gone".to_string()));
+            }
+        }
+    }
+
+    async fn reconcile_runners(&mut self, now: Millis, muts: &mut Vec<Mutation>) {
+        let scopes: BTreeSet<Scope> = self.obs.instances.values().filter_map(|i| i.scope.clone()).collect();
+        let mut fresh = Vec::new();
+        let mut listed: BTreeSet<Scope> = BTreeSet::new();
+        for scope in scopes {
+            match self.github.list_runners(&scope).await {
+                Ok(rs) => {
+                    fresh.extend(rs);
+                    listed.insert(scope);
+                }
+                Err(e) => {
+                    self.adapter_error("list_runners", &e);
+                    warn!(scope = %scope, error = %e, "cannot list runners");
+                }
+            }
+        }
+        // Keep what we knew of scopes that could not be listed.
+        fresh.extend(self.obs.runners.iter().filter(|r| !listed.contains(&r.scope)).cloned());
+        let by_name: HashMap<&str, &runfleet_core::model::Runner> = fresh.iter().map(|r| (r.name.as_str(), r)).collect();
+        for inst in self.obs.instances.values_mut() {
+            let Some(scope) = &inst.scope else { continue };
+            if !listed.contains(scope) {
+                continue;
+            }
+            let before = inst.clone();
+            match by_name.get(inst.runner_name().as_str()) {
+                Some(r) => {
+                    if r.online || r.busy {
+                        inst.runner_online_at.get_or_insert(now);
+                    }
+                    if inst.job_done_at.is_none() {
+                        inst.busy = r.busy;
+                    }
+                }
+                None => {
+                    // An ephemeral runner disappears after its job.
+                    if inst.runner_online_at.is_some() && inst.job_done_at.is_none() && inst.jit_written {
+                        inst.busy = false;
+                        inst.job_done_at = Some(now);
+                    }
+                }
+            }
+            if *inst != before {
+                if before.runner_online_at.is_none() && inst.runner_online_at.is_some() {
+                    let id = inst.id.clone();
+                    muts.push(timeline(now, None, Some(&id), format!("runner {} online", inst.runner_name())));
+                }
+                muts.push(Mutation::PutInstance(inst.clone()));
+            }
+        }
+        self.obs.runners = fresh;
+    }
+
+    async fn allowed_repos(&mut self, now: Millis) -> Vec<String> {
+        if let Some((at, repos)) = &self.repos
+            && now.saturating_sub(*at) < 10 * 60 * 1000
+        {
+            return repos.clone();
+        }
+        let mut out = BTreeSet::new();
+        let patterns = self.cfg.github.repos.clone().unwrap_or_default();
+        let mut complete = true;
+        for p in patterns {
+            match p.strip_suffix("/*") {
+                Some(owner) => match self.github.list_repos(owner).await {
+                    Ok(rs) => out.extend(rs),
+                    Err(e) => {
+                        complete = false;
+                        self.adapter_error("list_repos", &e);
+                    }
+                },
+                None => {
+                    out.insert(p);
+                }
+            }
+        }
+        let repos: Vec<String> = out.into_iter().collect();
+        if complete {
+            self.repos = Some((now, repos.clone()));
+        }
+        repos
+    }
+
+    async fn reconcile_jobs(&mut self, now: Millis) -> PortResult<()> {
+        let repos = self.allowed_repos(now).await;
+        let mut queued_seen = HashSet::new();
+        let mut listed_repos = HashSet::new();
+        for repo in &repos {
+            match self.github.list_queued_jobs(repo).await {
+                Ok(jobs) => {
+                    listed_repos.insert(repo.to_ascii_lowercase());
+                    for ev in jobs {
+                        queued_seen.insert(ev.job_id);
+                        if !self.obs.jobs.contains_key(&ev.job_id) {
+                            info!(job_id = ev.job_id, run_id = ev.run_id, repo = %ev.repo, "queued job found by reconcile");
+                        }
+                        self.store.intake(&poll_delivery(&ev), &ev).await?;
+                    }
+                }
+                Err(e) => {
+                    self.adapter_error("list_queued_jobs", &e);
+                    warn!(repo = %repo, error = %e, "cannot list queued jobs");
+                }
+            }
+        }
+        // Jobs the state has as waiting or running that GitHub may have moved on.
+        let stale: Vec<(String, u64)> = self
+            .obs
+            .jobs
+            .values()
+            .filter(|j| listed_repos.contains(&j.repo.to_ascii_lowercase()))
+            .filter(|j| match j.state {
+                JobState::Queued | JobState::Failed => {
+                    !queued_seen.contains(&j.id) && now.saturating_sub(j.queued_at) > RECHECK_AFTER_MS
+                }
+                JobState::InProgress => self.runner_gone(j),
+                _ => false,
+            })
+            .take(MAX_JOB_LOOKUPS)
+            .map(|j| (j.repo.clone(), j.id))
+            .collect();
+        for (repo, id) in stale {
+            match self.github.get_job(&repo, id).await {
+                Ok(ev) => {
+                    self.store.intake(&poll_delivery(&ev), &ev).await?;
+                }
+                Err(e) => self.adapter_error("get_job", &e),
+            }
+        }
+        Ok(())
+    }
+
+    fn runner_gone(&self, job: &Job) -> bool {
+        let Some(iid) = job.runner_name.as_deref().and_then(instance_of_runner) else { return false };
+        self.obs.instances.get(iid).is_none_or(|i| !i.alive() || i.job_done_at.is_some())
+    }
+
+    fn housekeeping(&mut self, now: Millis, muts: &mut Vec<Mutation>) {
+        self.obs.unavailable.retain(|u| u.until > now);
+        let old_jobs: Vec<u64> = self
+            .obs
+            .jobs
+            .values()
+            .filter(|j| j.state.is_terminal())
+            .filter(|j| now.saturating_sub(j.completed_at.unwrap_or(j.queued_at)) > RETENTION_MS)
+            .map(|j| j.id)
+            .collect();
+        for id in old_jobs {
+            self.obs.jobs.remove(&id);
+            self.obs.launches.retain(|_, l| l.job_id != Some(id));
+            muts.push(Mutation::DropJob(id));
+        }
+        let old_instances: Vec<String> = self
+            .obs
+            .instances
+            .values()
+            .filter(|i| i.state == InstanceState::Terminated && !i.param_present)
+            .filter(|i| now.saturating_sub(i.terminate_requested_at.unwrap_or(i.launched_at)) > RETENTION_MS)
+            .map(|i| i.id.clone())
+            .collect();
+        for id in old_instances {
+            self.obs.instances.remove(&id);
+            muts.push(Mutation::DropInstance(id));
+        }
+    }
+}
+
+/// A stable pseudo-random spread (0..1 s) so retries of many launches do not
+/// all land at once, and the simulator stays deterministic.
+fn jitter(id: &str, attempt: u32) -> Millis {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in id.bytes().chain(attempt.to_le_bytes()) {
+        h ^= b as u64;
+        h = h.wrapping_mul(0x100_0000_01b3);
+    }
+    h % 1000
+}
+
+/// The delivery id of a polled observation: one per job and status.
+pub fn poll_delivery(ev: &JobEvent) -> String {
+    let status = match ev.status {
+        JobStatus::Queued => "queued",
+        JobStatus::InProgress => "in_progress",
+        JobStatus::Completed => "completed",
+    };
+    format!("poll:{}:{status}", ev.job_id)
+}
+
+fn timeline(at: Millis, job_id: Option<u64>, instance_id: Option<&str>, what: String) -> Mutation {
+    Mutation::Timeline(TimelineEvent { at, job_id, instance_id: instance_id.map(str::to_string), what })
+}
