@@ -1,1 +1,177 @@
-fn main() {}
+//! The `runfleet` binary: parses the command line, builds the pieces, calls
+//! them. Thin by design: behaviour lives in the library crates.
+//!
+//! **Never**: decides what to launch or terminate (the planner does), prints
+//! a secret, or writes anything but machine-readable output to stdout.
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand, ValueEnum};
+use runfleet_core::config::{Config, SecretSource, parse};
+
+#[derive(Parser)]
+#[command(name = "runfleet", version, about = "One fresh, ephemeral EC2 runner per GitHub Actions job.")]
+struct Cli {
+    /// Config file.
+    #[arg(long, global = true, env = "RUNFLEET_CONFIG", default_value = "runfleet.toml")]
+    config: PathBuf,
+    /// Log format on stderr (default: text on a terminal, json otherwise).
+    #[arg(long, global = true, value_enum)]
+    log_format: Option<LogFormat>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the whole controller against the built-in simulated GitHub and EC2.
+    Demo {
+        /// Jobs to queue.
+        #[arg(long, default_value_t = 200)]
+        jobs: usize,
+        /// Seed of the simulation (same seed, same run).
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Fault probability in [0, 1] (5xx, throttling, capacity, lost webhooks, restarts, ...).
+        #[arg(long, default_value_t = 0.0)]
+        faults: f64,
+        /// Print one JSON summary object on stdout.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Long-running autoscaler: webhooks, reconciler, /v1 API, metrics, status page.
+    Serve,
+    /// Launch one ephemeral runner now (the broker step).
+    Launch {
+        #[arg(long)]
+        pool: String,
+        #[arg(long)]
+        repo: String,
+        #[arg(long)]
+        name: Option<String>,
+        #[arg(long)]
+        wait: bool,
+        #[arg(long)]
+        timeout: Option<String>,
+    },
+    /// Ask a remote `runfleet serve` for a runner (POST /v1/start).
+    Start {
+        #[arg(long)]
+        url: String,
+        #[arg(long)]
+        repo: String,
+        #[arg(long)]
+        pool: Option<String>,
+        #[arg(long)]
+        wait: bool,
+    },
+    /// Verify config, GitHub credentials and every AWS permission the config needs.
+    Check,
+    /// Terminate this fleet's instances that nothing needs.
+    Reap {
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Pools, runners, instances and queued jobs as the store sees them.
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Configuration commands.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// Parse and validate the config; errors name the key and the line.
+    Validate,
+}
+
+/// Environment variables and files, for `env:` and `file:` values.
+struct ProcessSecrets;
+
+impl SecretSource for ProcessSecrets {
+    fn env(&self, name: &str) -> Option<String> {
+        std::env::var(name).ok()
+    }
+    fn read_file(&self, path: &str) -> Result<String, String> {
+        std::fs::read_to_string(path).map_err(|e| e.to_string())
+    }
+}
+
+fn load_config(path: &PathBuf) -> Result<Config> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read config {}", path.display()))?;
+    parse(&text, &ProcessSecrets).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
+}
+
+fn init_logs(format: Option<LogFormat>) {
+    let json = match format {
+        Some(LogFormat::Json) => true,
+        Some(LogFormat::Text) => false,
+        None => !std::io::stderr().is_terminal(),
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("RUNFLEET_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+mod demo;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logs(cli.log_format);
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("runfleet: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<ExitCode> {
+    match cli.command {
+        Command::Demo { jobs, seed, faults, json } => demo::run(jobs, seed, faults, json),
+        Command::Config { command: ConfigCommand::Validate } => {
+            let cfg = load_config(&cli.config)?;
+            println!(
+                "{}: valid (fleet {}, {} pool{}: {})",
+                cli.config.display(),
+                cfg.fleet,
+                cfg.pools.len(),
+                if cfg.pools.len() == 1 { "" } else { "s" },
+                cfg.pools.iter().map(|p| p.name.as_str()).collect::<Vec<_>>().join(", ")
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Serve => not_built("serve", 6),
+        Command::Launch { .. } => not_built("launch", 7),
+        Command::Start { .. } => not_built("start", 7),
+        Command::Check => not_built("check", 5),
+        Command::Reap { .. } => not_built("reap", 5),
+        Command::Status { .. } => not_built("status", 6),
+    }
+}
+
+/// Commands promised by INTERFACE.md whose adapters are not built yet say
+/// so plainly instead of pretending.
+fn not_built(cmd: &str, issue: u32) -> Result<ExitCode> {
+    bail!("`runfleet {cmd}` is not built yet (tracked in issue {issue}); `runfleet demo` runs the controller against the simulator")
+}

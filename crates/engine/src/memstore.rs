@@ -107,3 +107,11 @@ impl Store for MemStore {
         Ok(out)
     }
 }
+
+impl MemStore {
+    /// Whether a launch with this id is recorded (the simulator checks
+    /// invariant 1 with it at every launch call).
+    pub fn has_launch(&self, id: &str) -> bool {
+        self.inner.lock().unwrap().launches.contains_key(id)
+    }
+}

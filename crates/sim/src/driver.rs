@@ -1,0 +1,345 @@
+//! Runs the real engine against the simulated world on the virtual clock,
+//! and judges the result.
+
+use std::sync::{Arc, Mutex};
+
+use rand::Rng;
+use runfleet_core::config::{Config, MapSecrets, parse};
+use runfleet_core::model::{JobStatus, Millis};
+use runfleet_engine::memstore::MemStore;
+use runfleet_engine::ports::{Cloud, GitHub, Store};
+use runfleet_engine::{Engine, EngineOptions};
+use serde::Serialize;
+
+use crate::adapters::{SimCloud, SimGitHub};
+use crate::world::{CallCounts, FaultCounts, World, WorldConfig};
+
+/// The configuration `runfleet demo` runs with: three pools, three repositories.
+pub const DEMO_CONFIG: &str = r#"
+fleet = "demo"
+
+[server]
+reconcile_interval = "30s"
+completed_grace = "60s"
+boot_timeout = "5m"
+
+[github]
+token = "env:RUNFLEET_DEMO_TOKEN"
+webhook_secret = "env:RUNFLEET_DEMO_WEBHOOK_SECRET"
+repos = ["acme/app", "acme/lib", "acme/*"]
+
+[aws]
+region = "eu-west-2"
+
+[[pool]]
+name = "linux-x64"
+labels = ["self-hosted", "linux", "x64"]
+launch_template = "lt-0123456789abcdef0"
+instance_types = ["m7i.large", "m6i.large", "m5.large"]
+subnets = ["subnet-a", "subnet-b"]
+market = "spot-then-on-demand"
+max_runners = 60
+
+[[pool]]
+name = "linux-arm64"
+labels = ["self-hosted", "linux", "arm64"]
+launch_template = "lt-0123456789abcdef1"
+instance_types = ["m7g.large", "m6g.large"]
+subnets = ["subnet-a", "subnet-b"]
+market = "spot-then-on-demand"
+arch = "arm64"
+max_runners = 30
+
+[[pool]]
+name = "windows"
+labels = ["self-hosted", "windows", "x64"]
+launch_template = "lt-0123456789abcdef2"
+instance_types = ["m6i.xlarge", "m5.xlarge"]
+market = "on-demand"
+os = "windows"
+max_runners = 10
+runner_version = "2.330.0"
+"#;
+
+/// The demo config, parsed; the simulator's GitHub needs no real credentials.
+pub fn demo_config() -> Config {
+    let secrets = MapSecrets::default()
+        .with_env("RUNFLEET_DEMO_TOKEN", "simulated-token")
+        .with_env("RUNFLEET_DEMO_WEBHOOK_SECRET", "simulated-secret");
+    parse(DEMO_CONFIG, &secrets).expect("the embedded demo config is valid")
+}
+
+#[derive(Debug, Clone)]
+pub struct SimOptions {
+    pub jobs: usize,
+    pub seed: u64,
+    pub faults: f64,
+    /// Jobs arrive spread over this long.
+    pub arrival_window: Millis,
+    /// The engine steps this often (and whenever webhooks arrive).
+    pub tick: Millis,
+    /// Give up (and fail) after this much virtual time.
+    pub time_limit: Millis,
+    /// Probability per step that the controller is killed and restarted
+    /// from its store, scaled by `faults`.
+    pub restart_weight: f64,
+    pub world: WorldConfig,
+}
+
+impl Default for SimOptions {
+    fn default() -> Self {
+        SimOptions {
+            jobs: 200,
+            seed: 1,
+            faults: 0.0,
+            arrival_window: 60_000,
+            tick: 500,
+            time_limit: 12 * 60 * 60 * 1000,
+            restart_weight: 0.01,
+            world: WorldConfig::default(),
+        }
+    }
+}
+
+/// What is happening, for a live display.
+#[derive(Debug, Clone, Serialize)]
+pub struct Progress {
+    pub now: Millis,
+    pub jobs: usize,
+    pub queued: usize,
+    pub launching: usize,
+    pub booting: usize,
+    pub running: usize,
+    pub done: usize,
+    pub instances_alive: usize,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Percentiles {
+    pub p50: u64,
+    pub p99: u64,
+    pub max: u64,
+}
+
+impl Percentiles {
+    pub fn of(mut xs: Vec<u64>) -> Percentiles {
+        if xs.is_empty() {
+            return Percentiles { p50: 0, p99: 0, max: 0 };
+        }
+        xs.sort_unstable();
+        let at = |q: f64| xs[(((xs.len() - 1) as f64) * q).round() as usize];
+        Percentiles { p50: at(0.5), p99: at(0.99), max: *xs.last().expect("non-empty") }
+    }
+}
+
+/// The result of a run. `ok()` says whether every invariant held.
+#[derive(Debug, Clone, Serialize)]
+pub struct Summary {
+    pub seed: u64,
+    pub faults: f64,
+    pub jobs: usize,
+    pub completed: usize,
+    pub instances_launched: usize,
+    pub instances_left: usize,
+    pub runners_left: usize,
+    pub parameters_left: usize,
+    pub orphans: u64,
+    pub duplicate_runs: usize,
+    pub jobs_lost: usize,
+    pub foreign_touched: u64,
+    pub foreign_alive: bool,
+    pub untagged_launches: u64,
+    pub queue_to_start_ms: Percentiles,
+    pub wasted_instance_seconds: u64,
+    pub busy_instance_seconds: u64,
+    pub simulated_seconds: u64,
+    pub timed_out: bool,
+    pub calls: CallCounts,
+    pub faults_injected: FaultCounts,
+    pub terminations: std::collections::BTreeMap<String, u64>,
+}
+
+impl Summary {
+    pub fn ok(&self) -> bool {
+        self.failures().is_empty()
+    }
+
+    /// Each invariant that did not hold, in words.
+    pub fn failures(&self) -> Vec<String> {
+        let mut f = Vec::new();
+        let mut check = |cond: bool, what: String| {
+            if !cond {
+                f.push(what);
+            }
+        };
+        check(self.completed == self.jobs, format!("{} of {} jobs completed", self.completed, self.jobs));
+        check(self.instances_left == 0, format!("{} instances left running", self.instances_left));
+        check(self.runners_left == 0, format!("{} runners left registered", self.runners_left));
+        check(self.parameters_left == 0, format!("{} JIT parameters left in SSM", self.parameters_left));
+        check(self.orphans == 0, format!("{} launch calls not recorded in the store first", self.orphans));
+        check(self.duplicate_runs == 0, format!("{} jobs ran more than once", self.duplicate_runs));
+        check(self.jobs_lost == 0, format!("{} jobs lost their runner mid-run", self.jobs_lost));
+        check(self.foreign_touched == 0, format!("{} termination requests for another fleet's instances", self.foreign_touched));
+        check(self.foreign_alive, "another fleet's instance was terminated".to_string());
+        check(self.untagged_launches == 0, format!("{} launches without the fleet, pool and Name tags", self.untagged_launches));
+        check(!self.timed_out, "the run did not settle within the time limit".to_string());
+        f
+    }
+}
+
+fn engine_opts() -> EngineOptions {
+    EngineOptions::default()
+}
+
+/// Runs a whole simulation. `on_progress` is called after every step.
+pub async fn run(opts: &SimOptions, config: Config, on_progress: &mut dyn FnMut(&Progress)) -> Result<Summary, String> {
+    let config = Arc::new(config);
+    let mut wcfg = opts.world.clone();
+    wcfg.seed = opts.seed;
+    wcfg.faults = opts.faults;
+    wcfg.jit_poll_timeout = config.server.boot_timeout.as_millis() as Millis;
+    if wcfg.heal_at == 0 {
+        wcfg.heal_at = opts.arrival_window + 10 * 60 * 1000;
+    }
+    let world = Arc::new(Mutex::new(World::new(wcfg)));
+    let store = Arc::new(MemStore::new());
+    let foreign;
+    {
+        let mut w = world.lock().unwrap();
+        w.repos = vec!["acme/app".into(), "acme/lib".into(), "acme/infra".into()];
+        foreign = w.add_foreign_instance("other-fleet");
+        let recorded_store = store.clone();
+        w.recorded = Some(Box::new(move |id| recorded_store.has_launch(id)));
+        let mixes: [(&[&str], u32); 4] = [
+            (&["self-hosted", "linux", "x64"], 55),
+            (&["self-hosted", "linux", "arm64"], 25),
+            (&["self-hosted", "windows", "x64"], 10),
+            (&["self-hosted", "linux"], 10),
+        ];
+        for n in 0..opts.jobs {
+            let pick = w.rng.random_range(0..100);
+            let mut acc = 0;
+            let labels = mixes
+                .iter()
+                .find(|(_, p)| {
+                    acc += p;
+                    pick < acc
+                })
+                .map(|(l, _)| l.iter().map(|s| s.to_string()).collect())
+                .unwrap_or_default();
+            let repo = w.repos[n % 3].clone();
+            let at = if opts.jobs <= 1 { 0 } else { opts.arrival_window * n as u64 / opts.jobs as u64 };
+            w.add_job(1_000_000 + n as u64, 5_000 + (n / 4) as u64, &repo, labels, at);
+        }
+    }
+    let github: Arc<dyn GitHub> = Arc::new(SimGitHub(world.clone()));
+    let cloud: Arc<dyn Cloud> = Arc::new(SimCloud(world.clone()));
+    let dyn_store: Arc<dyn Store> = store.clone();
+    let new_engine = |now| Engine::new(config.clone(), github.clone(), cloud.clone(), dyn_store.clone(), engine_opts(), now);
+    let mut engine = new_engine(0).await.map_err(|e| e.to_string())?;
+    let reconcile_every = config.server.reconcile_interval.as_millis() as Millis;
+    let mut next_reconcile = 0;
+    let mut now: Millis = 0;
+    let mut terminations = std::collections::BTreeMap::new();
+    let timed_out;
+    loop {
+        let deliveries = {
+            let mut w = world.lock().unwrap();
+            w.advance_to(now);
+            w.take_due_webhooks()
+        };
+        for (id, ev) in &deliveries {
+            Engine::intake(&*dyn_store, id, ev).await.map_err(|e| e.to_string())?;
+        }
+        if now >= next_reconcile {
+            engine.reconcile(now).await.map_err(|e| e.to_string())?;
+            next_reconcile = now + reconcile_every;
+        }
+        engine.step(now).await.map_err(|e| e.to_string())?;
+        let restart = { world.lock().unwrap().fault(opts.restart_weight) };
+        if restart {
+            for (k, v) in &engine.stats().terminations {
+                *terminations.entry(k.clone()).or_insert(0) += v;
+            }
+            world.lock().unwrap().faults.controller_restarts += 1;
+            engine = new_engine(now).await.map_err(|e| e.to_string())?;
+            // A restarted controller reconciles at once.
+            next_reconcile = now;
+        }
+        let (progress, settled) = {
+            let w = world.lock().unwrap();
+            let by = w.jobs_by_status();
+            let alive = w.alive_instances(&config.fleet);
+            let booting = w
+                .instances
+                .values()
+                .filter(|i| i.tag("runfleet:fleet") == Some(config.fleet.as_str()) && !i.state.is_gone())
+                .filter(|i| i.runner.is_none_or(|r| w.runners.get(&r).is_none_or(|r| !r.online)))
+                .count();
+            let launching = engine
+                .observed()
+                .launches
+                .values()
+                .filter(|l| l.state == runfleet_core::model::LaunchState::Requested)
+                .count();
+            let p = Progress {
+                now,
+                jobs: opts.jobs,
+                queued: by.get("queued").copied().unwrap_or(0) + by.get("pending").copied().unwrap_or(0),
+                launching,
+                booting,
+                running: by.get("running").copied().unwrap_or(0),
+                done: by.get("done").copied().unwrap_or(0),
+                instances_alive: alive,
+            };
+            let settled = p.done == opts.jobs && alive == 0 && w.outbox.is_empty() && w.runners_named("runfleet-") == 0 && w.params_under(&config.fleet) == 0;
+            (p, settled)
+        };
+        on_progress(&progress);
+        if settled {
+            timed_out = false;
+            break;
+        }
+        if now >= opts.time_limit {
+            timed_out = true;
+            break;
+        }
+        now += opts.tick;
+    }
+    for (k, v) in &engine.stats().terminations {
+        *terminations.entry(k.clone()).or_insert(0) += v;
+    }
+    let w = world.lock().unwrap();
+    let ours: Vec<_> = w.instances.values().filter(|i| i.tag("runfleet:fleet") == Some(config.fleet.as_str())).collect();
+    let busy_ms: u64 = ours.iter().map(|i| i.busy_ms).sum();
+    let alive_ms: u64 = ours.iter().map(|i| i.gone_at.unwrap_or(w.now).saturating_sub(i.launched_at)).sum();
+    let q2s: Vec<u64> = w
+        .jobs
+        .values()
+        .filter_map(|j| Some(j.started_at?.saturating_sub(j.queued_at?)))
+        .collect();
+    Ok(Summary {
+        seed: opts.seed,
+        faults: opts.faults,
+        jobs: opts.jobs,
+        completed: w.jobs.values().filter(|j| j.status == JobStatus::Completed && !j.lost).count(),
+        instances_launched: ours.len(),
+        instances_left: ours.iter().filter(|i| !i.state.is_gone()).count(),
+        runners_left: w.runners_named("runfleet-"),
+        parameters_left: w.params_under(&config.fleet),
+        orphans: w.violations.unrecorded_launches,
+        duplicate_runs: w.jobs.values().filter(|j| j.runs > 1).count(),
+        jobs_lost: w.jobs.values().filter(|j| j.lost).count(),
+        foreign_touched: w.violations.foreign_touched,
+        foreign_alive: w.instances.get(&foreign).is_some_and(|i| !i.state.is_gone()),
+        untagged_launches: w.violations.untagged_launches,
+        queue_to_start_ms: Percentiles::of(q2s),
+        wasted_instance_seconds: alive_ms.saturating_sub(busy_ms) / 1000,
+        busy_instance_seconds: busy_ms / 1000,
+        simulated_seconds: w.now / 1000,
+        timed_out,
+        calls: w.calls.clone(),
+        faults_injected: w.faults.clone(),
+        terminations,
+    })
+}
