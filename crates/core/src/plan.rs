@@ -280,6 +280,8 @@ pub fn plan(config: &Config, obs: &Observed, now: Millis) -> Vec<Action> {
     // Terminations.
     let runner_by_name: HashMap<&str, &Runner> =
         obs.runners.iter().map(|r| (r.name.as_str(), r)).collect();
+    let busy_names: BTreeSet<&str> =
+        obs.runners.iter().filter(|r| r.busy).map(|r| r.name.as_str()).collect();
     let mut surplus: HashMap<Key, u32> = HashMap::new();
     for (key, n) in &supply {
         let want = demand.get(key).map_or(0, |v| v.len()) as u32;
@@ -292,8 +294,9 @@ pub fn plan(config: &Config, obs: &Observed, now: Millis) -> Vec<Action> {
         if obs.in_flight.contains(&i.id) {
             continue;
         }
-        let runner = runner_by_name.get(i.runner_name().as_str()).copied();
-        if i.busy || runner.is_some_and(|r| r.busy) {
+        let name = i.runner_name();
+        let runner = runner_by_name.get(name.as_str()).copied();
+        if i.busy || busy_names.contains(name.as_str()) {
             continue; // never under a running job
         }
         if let Some(t) = i.terminate_requested_at {
