@@ -116,14 +116,15 @@ fn load_config(path: &PathBuf) -> Result<Config> {
     parse(&text, &ProcessSecrets).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
 }
 
-fn init_logs(format: Option<LogFormat>) {
+/// `RUNFLEET_LOG` overrides the filter (e.g. `RUNFLEET_LOG=runfleet=debug`).
+fn init_logs(format: Option<LogFormat>, default_filter: &str) {
     let json = match format {
         Some(LogFormat::Json) => true,
         Some(LogFormat::Text) => false,
         None => !std::io::stderr().is_terminal(),
     };
     let filter = tracing_subscriber::EnvFilter::try_from_env("RUNFLEET_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter));
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     if json {
         builder.json().init();
@@ -136,7 +137,10 @@ mod demo;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logs(cli.log_format);
+    // The demo's simulated faults would flood the terminal with warnings
+    // that are the point of the exercise, not news: errors only there.
+    let default_filter = if matches!(cli.command, Command::Demo { .. }) { "error" } else { "info" };
+    init_logs(cli.log_format, default_filter);
     match run(cli) {
         Ok(code) => code,
         Err(e) => {
