@@ -15,7 +15,12 @@ pub fn run(jobs: usize, seed: u64, faults: f64, json: bool) -> Result<ExitCode> 
     if jobs == 0 {
         bail!("--jobs must be at least 1");
     }
-    let opts = SimOptions { jobs, seed, faults, ..SimOptions::default() };
+    let opts = SimOptions {
+        jobs,
+        seed,
+        faults,
+        ..SimOptions::default()
+    };
     let tty = std::io::stderr().is_terminal();
     let bar = if tty {
         let bar = ProgressBar::new(jobs as u64);
@@ -44,7 +49,9 @@ pub fn run(jobs: usize, seed: u64, faults: f64, json: bool) -> Result<ExitCode> 
             last_line = p.now;
         }
     };
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     let summary = rt
         .block_on(runfleet_sim::run(&opts, demo_config(), &mut on_progress))
         .map_err(|e| anyhow!("simulation failed: {e}"))?;
@@ -83,7 +90,10 @@ fn line(p: &Progress) -> String {
 }
 
 fn print_summary(s: &Summary, wall: Duration) {
-    println!("runfleet demo: {} jobs, seed {}, faults {}", s.jobs, s.seed, s.faults);
+    println!(
+        "runfleet demo: {} jobs, seed {}, faults {}",
+        s.jobs, s.seed, s.faults
+    );
     println!("  completed            {}/{}", s.completed, s.jobs);
     println!("  instances launched   {}", s.instances_launched);
     println!("  instances left       {}", s.instances_left);
@@ -96,8 +106,25 @@ fn print_summary(s: &Summary, wall: Duration) {
         s.queue_to_start_ms.p99 as f64 / 1000.0,
         s.queue_to_start_ms.max as f64 / 1000.0
     );
-    println!("  instance-seconds     {} busy, {} idle", s.busy_instance_seconds, s.wasted_instance_seconds);
-    println!("  API calls            GitHub {}, AWS {} ({} mutating)", s.calls.github, s.calls.aws, s.calls.aws_mutating);
-    println!("  simulated time       {}s in {:.2}s wall", s.simulated_seconds, wall.as_secs_f64());
-    println!("  result               {}", if s.ok() { "ok: every invariant held" } else { "FAILED" });
+    println!(
+        "  instance-seconds     {} busy, {} idle",
+        s.busy_instance_seconds, s.wasted_instance_seconds
+    );
+    println!(
+        "  API calls            GitHub {}, AWS {} ({} mutating)",
+        s.calls.github, s.calls.aws, s.calls.aws_mutating
+    );
+    println!(
+        "  simulated time       {}s in {:.2}s wall",
+        s.simulated_seconds,
+        wall.as_secs_f64()
+    );
+    println!(
+        "  result               {}",
+        if s.ok() {
+            "ok: every invariant held"
+        } else {
+            "FAILED"
+        }
+    );
 }

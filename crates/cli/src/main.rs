@@ -13,10 +13,19 @@ use clap::{Parser, Subcommand, ValueEnum};
 use runfleet_core::config::{Config, SecretSource, parse};
 
 #[derive(Parser)]
-#[command(name = "runfleet", version, about = "One fresh, ephemeral EC2 runner per GitHub Actions job.")]
+#[command(
+    name = "runfleet",
+    version,
+    about = "One fresh, ephemeral EC2 runner per GitHub Actions job."
+)]
 struct Cli {
     /// Config file.
-    #[arg(long, global = true, env = "RUNFLEET_CONFIG", default_value = "runfleet.toml")]
+    #[arg(
+        long,
+        global = true,
+        env = "RUNFLEET_CONFIG",
+        default_value = "runfleet.toml"
+    )]
     config: PathBuf,
     /// Log format on stderr (default: text on a terminal, json otherwise).
     #[arg(long, global = true, value_enum)]
@@ -112,7 +121,8 @@ impl SecretSource for ProcessSecrets {
 }
 
 fn load_config(path: &PathBuf) -> Result<Config> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read config {}", path.display()))?;
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read config {}", path.display()))?;
     parse(&text, &ProcessSecrets).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
 }
 
@@ -125,7 +135,9 @@ fn init_logs(format: Option<LogFormat>, default_filter: &str) {
     };
     let filter = tracing_subscriber::EnvFilter::try_from_env("RUNFLEET_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     if json {
         builder.json().init();
     } else {
@@ -139,7 +151,11 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     // The demo's simulated faults would flood the terminal with warnings
     // that are the point of the exercise, not news: errors only there.
-    let default_filter = if matches!(cli.command, Command::Demo { .. }) { "error" } else { "info" };
+    let default_filter = if matches!(cli.command, Command::Demo { .. }) {
+        "error"
+    } else {
+        "info"
+    };
     init_logs(cli.log_format, default_filter);
     match run(cli) {
         Ok(code) => code,
@@ -152,8 +168,15 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
-        Command::Demo { jobs, seed, faults, json } => demo::run(jobs, seed, faults, json),
-        Command::Config { command: ConfigCommand::Validate } => {
+        Command::Demo {
+            jobs,
+            seed,
+            faults,
+            json,
+        } => demo::run(jobs, seed, faults, json),
+        Command::Config {
+            command: ConfigCommand::Validate,
+        } => {
             let cfg = load_config(&cli.config)?;
             println!(
                 "{}: valid (fleet {}, {} pool{}: {})",
@@ -161,7 +184,11 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 cfg.fleet,
                 cfg.pools.len(),
                 if cfg.pools.len() == 1 { "" } else { "s" },
-                cfg.pools.iter().map(|p| p.name.as_str()).collect::<Vec<_>>().join(", ")
+                cfg.pools
+                    .iter()
+                    .map(|p| p.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
             );
             Ok(ExitCode::SUCCESS)
         }
@@ -177,5 +204,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
 /// Commands promised by INTERFACE.md whose adapters are not built yet say
 /// so plainly instead of pretending.
 fn not_built(cmd: &str, issue: u32) -> Result<ExitCode> {
-    bail!("`runfleet {cmd}` is not built yet (tracked in issue {issue}); `runfleet demo` runs the controller against the simulator")
+    bail!(
+        "`runfleet {cmd}` is not built yet (tracked in issue {issue}); `runfleet demo` runs the controller against the simulator"
+    )
 }

@@ -47,15 +47,22 @@ fn config() -> Config {
             repos: Some(vec!["acme/*".into()]),
             poll: false,
         },
-        aws: AwsConfig { region: None, role_arn: None, external_id: None },
-        pools: vec![pool("x64", &["self-hosted", "linux", "x64"]), pool("arm64", &["self-hosted", "linux", "arm64"])],
+        aws: AwsConfig {
+            region: None,
+            role_arn: None,
+            external_id: None,
+        },
+        pools: vec![
+            pool("x64", &["self-hosted", "linux", "x64"]),
+            pool("arm64", &["self-hosted", "linux", "arm64"]),
+        ],
     }
 }
 
 fn observed(jobs: u64, instances: u64) -> Observed {
     let mut obs = Observed::default();
     let labels = |n: u64| -> Vec<String> {
-        let arch = if n % 3 == 0 { "arm64" } else { "x64" };
+        let arch = if n.is_multiple_of(3) { "arm64" } else { "x64" };
         vec!["self-hosted".into(), "linux".into(), arch.into()]
     };
     for id in 0..jobs {
@@ -78,7 +85,11 @@ fn observed(jobs: u64, instances: u64) -> Observed {
             Instance {
                 id,
                 fleet: "bench".into(),
-                pool: if n % 3 == 0 { "arm64".into() } else { "x64".into() },
+                pool: if n.is_multiple_of(3) {
+                    "arm64".into()
+                } else {
+                    "x64".into()
+                },
                 state: InstanceState::Running,
                 launched_at: 0,
                 launch_id: Some(format!("bench-j{n}-1")),
@@ -88,7 +99,7 @@ fn observed(jobs: u64, instances: u64) -> Observed {
                 jit_written: true,
                 param_present: false,
                 runner_online_at: Some(1_000),
-                busy: n % 2 == 0,
+                busy: n.is_multiple_of(2),
                 job_done_at: None,
                 terminate_requested_at: None,
                 terminate_reason: None,
@@ -101,7 +112,9 @@ fn observed(jobs: u64, instances: u64) -> Observed {
 fn bench(c: &mut Criterion) {
     let cfg = config();
     let obs = observed(10_000, 10_000);
-    c.bench_function("plan_10k_jobs_10k_instances", |b| b.iter(|| plan(&cfg, &obs, 30_000)));
+    c.bench_function("plan_10k_jobs_10k_instances", |b| {
+        b.iter(|| plan(&cfg, &obs, 30_000))
+    });
 }
 
 criterion_group!(benches, bench);

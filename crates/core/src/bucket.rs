@@ -16,7 +16,12 @@ pub struct TokenBucket {
 impl TokenBucket {
     /// A full bucket at time `now`.
     pub fn new(capacity: u32, refill_per_sec: f64, now: Millis) -> Self {
-        TokenBucket { capacity: capacity as f64, refill_per_sec, tokens: capacity as f64, last: now }
+        TokenBucket {
+            capacity: capacity as f64,
+            refill_per_sec,
+            tokens: capacity as f64,
+            last: now,
+        }
     }
 
     fn refill(&mut self, now: Millis) {

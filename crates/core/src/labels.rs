@@ -5,12 +5,16 @@ use crate::config::{Config, PoolConfig};
 
 /// Whether a runner (or pool) labelled `have` satisfies a job asking for `want`.
 pub fn satisfies(have: &[String], want: &[String]) -> bool {
-    want.iter().all(|w| have.iter().any(|h| h.eq_ignore_ascii_case(w)))
+    want.iter()
+        .all(|w| have.iter().any(|h| h.eq_ignore_ascii_case(w)))
 }
 
 /// The first pool whose labels contain all of the job's labels.
 pub fn pool_for<'a>(config: &'a Config, job_labels: &[String]) -> Option<&'a PoolConfig> {
-    config.pools.iter().find(|p| satisfies(&p.labels, job_labels))
+    config
+        .pools
+        .iter()
+        .find(|p| satisfies(&p.labels, job_labels))
 }
 
 #[cfg(test)]

@@ -82,7 +82,10 @@ pub enum JobState {
 
 impl JobState {
     pub fn is_terminal(self) -> bool {
-        matches!(self, JobState::Completed | JobState::Ignored | JobState::Failed)
+        matches!(
+            self,
+            JobState::Completed | JobState::Ignored | JobState::Failed
+        )
     }
     pub fn as_str(self) -> &'static str {
         match self {
@@ -284,7 +287,10 @@ pub enum InstanceState {
 
 impl InstanceState {
     pub fn is_gone(self) -> bool {
-        matches!(self, InstanceState::ShuttingDown | InstanceState::Terminated)
+        matches!(
+            self,
+            InstanceState::ShuttingDown | InstanceState::Terminated
+        )
     }
     pub fn as_str(self) -> &'static str {
         match self {
@@ -418,7 +424,14 @@ mod tests {
             ev(JobStatus::InProgress, 20, Some("runfleet-p-i-0abc")),
             ev(JobStatus::Completed, 30, Some("runfleet-p-i-0abc")),
         ];
-        let orders = [[0, 1, 2], [2, 1, 0], [1, 0, 2], [2, 0, 1], [0, 2, 1], [1, 2, 0]];
+        let orders = [
+            [0, 1, 2],
+            [2, 1, 0],
+            [1, 0, 2],
+            [2, 0, 1],
+            [0, 2, 1],
+            [1, 2, 0],
+        ];
         let mut results = Vec::new();
         for order in orders {
             let mut job = Job::new(&events[order[0]]);
@@ -434,7 +447,11 @@ mod tests {
             assert_eq!(r.runner_name.as_deref(), Some("runfleet-p-i-0abc"));
         }
         let first = &results[0];
-        assert!(results.iter().all(|r| r.state == first.state && r.completed_at == first.completed_at));
+        assert!(
+            results
+                .iter()
+                .all(|r| r.state == first.state && r.completed_at == first.completed_at)
+        );
     }
 
     #[test]

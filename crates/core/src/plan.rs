@@ -80,9 +80,17 @@ pub enum Action {
         reason: TerminateReason,
     },
     /// Deregister a runner of this fleet whose instance is gone.
-    DeleteRunner { scope: Scope, runner_id: u64, name: String },
+    DeleteRunner {
+        scope: Scope,
+        runner_id: u64,
+        name: String,
+    },
     /// Mark a job ignored or failed, with a reason.
-    MarkJob { job_id: u64, state: JobState, reason: String },
+    MarkJob {
+        job_id: u64,
+        state: JobState,
+        reason: String,
+    },
 }
 
 /// Where runners of `pool` for jobs of `repo` are registered.
@@ -112,7 +120,11 @@ pub fn offerings(pool: &PoolConfig, unavailable: &[Unavailable], now: Millis) ->
     for &market in pool.market.chain() {
         for instance_type in &pool.instance_types {
             for subnet in &subnets {
-                let o = Offering { instance_type: instance_type.clone(), subnet: subnet.clone(), market };
+                let o = Offering {
+                    instance_type: instance_type.clone(),
+                    subnet: subnet.clone(),
+                    market,
+                };
                 if !unavailable.iter().any(|u| u.until > now && u.offering == o) {
                     out.push(o);
                 }
@@ -127,7 +139,8 @@ pub fn offerings(pool: &PoolConfig, unavailable: &[Unavailable], now: Millis) ->
 /// capped at 2 minutes.
 pub fn retry_backoff(attempts: u32) -> Millis {
     let base: Millis = 5_000;
-    base.saturating_mul(1 << attempts.saturating_sub(1).min(5)).min(120_000)
+    base.saturating_mul(1 << attempts.saturating_sub(1).min(5))
+        .min(120_000)
 }
 
 /// Labels a runner of `pool` is registered with.
@@ -181,17 +194,28 @@ pub fn plan(config: &Config, obs: &Observed, now: Millis) -> Vec<Action> {
             actions.push(Action::MarkJob {
                 job_id: job.id,
                 state: JobState::Failed,
-                reason: format!("launch in pool {} failed ({}): {msg}", pool.name, kind.as_str()),
+                reason: format!(
+                    "launch in pool {} failed ({}): {msg}",
+                    pool.name,
+                    kind.as_str()
+                ),
             });
             continue;
         }
-        demand.entry((pool.name.clone(), scope_for(pool, &job.repo))).or_default().push(job);
+        demand
+            .entry((pool.name.clone(), scope_for(pool, &job.repo)))
+            .or_default()
+            .push(job);
     }
 
     // Supply: runners coming or idle, by (pool, scope); instances alive by pool.
     let mut supply: HashMap<Key, u32> = HashMap::new();
     let mut alive: HashMap<&str, u32> = HashMap::new();
-    for l in obs.launches.values().filter(|l| l.state == LaunchState::Requested) {
+    for l in obs
+        .launches
+        .values()
+        .filter(|l| l.state == LaunchState::Requested)
+    {
         *supply.entry((l.pool.clone(), l.scope.clone())).or_default() += 1;
         *alive.entry(l.pool.as_str()).or_default() += 1;
         if !obs.in_flight.contains(&l.id)
@@ -225,7 +249,10 @@ pub fn plan(config: &Config, obs: &Observed, now: Millis) -> Vec<Action> {
     // Launches: oldest jobs first within a pool, never past max_runners.
     let mut by_pool: BTreeMap<&str, Vec<(&Job, &Scope)>> = BTreeMap::new();
     for ((pool, scope), jobs) in &demand {
-        let covered = supply.get(&(pool.clone(), scope.clone())).copied().unwrap_or(0) as usize;
+        let covered = supply
+            .get(&(pool.clone(), scope.clone()))
+            .copied()
+            .unwrap_or(0) as usize;
         let mut jobs = jobs.clone();
         jobs.sort_by_key(|j| (j.queued_at, j.id));
         for job in jobs.into_iter().skip(covered) {
@@ -233,7 +260,9 @@ pub fn plan(config: &Config, obs: &Observed, now: Millis) -> Vec<Action> {
         }
     }
     for (pool_name, mut wanting) in by_pool {
-        let Some(pool) = config.pool(pool_name) else { continue };
+        let Some(pool) = config.pool(pool_name) else {
+            continue;
+        };
         wanting.sort_by_key(|(j, _)| (j.queued_at, j.id));
         let chain = offerings(pool, &obs.unavailable, now);
         if chain.is_empty() {
@@ -266,7 +295,9 @@ pub fn plan(config: &Config, obs: &Observed, now: Millis) -> Vec<Action> {
         if i.jit_written || i.terminate_requested_at.is_some() || obs.in_flight.contains(&i.id) {
             continue;
         }
-        let (Some(scope), Some(pool)) = (&i.scope, config.pool(&i.pool)) else { continue };
+        let (Some(scope), Some(pool)) = (&i.scope, config.pool(&i.pool)) else {
+            continue;
+        };
         actions.push(Action::ProvisionRunner {
             instance_id: i.id.clone(),
             pool: pool.name.clone(),
@@ -280,8 +311,12 @@ pub fn plan(config: &Config, obs: &Observed, now: Millis) -> Vec<Action> {
     // Terminations.
     let runner_by_name: HashMap<&str, &Runner> =
         obs.runners.iter().map(|r| (r.name.as_str(), r)).collect();
-    let busy_names: BTreeSet<&str> =
-        obs.runners.iter().filter(|r| r.busy).map(|r| r.name.as_str()).collect();
+    let busy_names: BTreeSet<&str> = obs
+        .runners
+        .iter()
+        .filter(|r| r.busy)
+        .map(|r| r.name.as_str())
+        .collect();
     let mut surplus: HashMap<Key, u32> = HashMap::new();
     for (key, n) in &supply {
         let want = demand.get(key).map_or(0, |v| v.len()) as u32;
@@ -314,11 +349,16 @@ pub fn plan(config: &Config, obs: &Observed, now: Millis) -> Vec<Action> {
             (_, None) => None,
             (None, Some(_)) => Some(TerminateReason::PoolRemoved),
             (Some(pool), Some(_)) => {
-                if i.job_done_at.is_some_and(|t| now >= t.saturating_add(grace)) {
+                if i.job_done_at
+                    .is_some_and(|t| now >= t.saturating_add(grace))
+                {
                     Some(TerminateReason::Completed)
                 } else if age >= pool.max_lifetime.as_millis() as Millis {
                     Some(TerminateReason::MaxLifetime)
-                } else if i.runner_online_at.is_none() && i.job_done_at.is_none() && age >= boot_timeout {
+                } else if i.runner_online_at.is_none()
+                    && i.job_done_at.is_none()
+                    && age >= boot_timeout
+                {
                     Some(TerminateReason::BootTimeout)
                 } else if let (Some(online), Some(scope), None) =
                     (i.runner_online_at, &i.scope, i.job_done_at)
@@ -326,7 +366,11 @@ pub fn plan(config: &Config, obs: &Observed, now: Millis) -> Vec<Action> {
                     let key = (i.pool.clone(), scope.clone());
                     let spare = surplus.get_mut(&key);
                     match spare {
-                        Some(n) if *n > 0 && now.saturating_sub(online) >= grace && i.unique_label.is_none() => {
+                        Some(n)
+                            if *n > 0
+                                && now.saturating_sub(online) >= grace
+                                && i.unique_label.is_none() =>
+                        {
                             *n -= 1;
                             Some(TerminateReason::Idle)
                         }
@@ -345,25 +389,37 @@ pub fn plan(config: &Config, obs: &Observed, now: Millis) -> Vec<Action> {
 
     // Parameters: deleted once the runner is online or the instance is gone.
     for i in obs.instances.values().filter(ours) {
-        if !i.param_present || terminating.contains(i.id.as_str()) || obs.in_flight.contains(&i.id) {
+        if !i.param_present || terminating.contains(i.id.as_str()) || obs.in_flight.contains(&i.id)
+        {
             continue;
         }
         if i.runner_online_at.is_some() || !i.alive() || i.job_done_at.is_some() {
-            actions.push(Action::DeleteParameter { instance_id: i.id.clone() });
+            actions.push(Action::DeleteParameter {
+                instance_id: i.id.clone(),
+            });
         }
     }
     for id in &obs.params {
-        let known_alive = obs.instances.get(id).is_some_and(|i| i.alive() && i.fleet == config.fleet);
+        let known_alive = obs
+            .instances
+            .get(id)
+            .is_some_and(|i| i.alive() && i.fleet == config.fleet);
         let tracked = obs.instances.get(id).is_some_and(|i| i.param_present);
         if !known_alive && !tracked && !obs.in_flight.contains(id) {
-            actions.push(Action::DeleteParameter { instance_id: id.clone() });
+            actions.push(Action::DeleteParameter {
+                instance_id: id.clone(),
+            });
         }
     }
 
     // Runners whose instance (of this fleet) is gone.
     for r in &obs.runners {
-        let Some(iid) = instance_of_runner(&r.name) else { continue };
-        let Some(i) = obs.instances.get(iid) else { continue };
+        let Some(iid) = instance_of_runner(&r.name) else {
+            continue;
+        };
+        let Some(i) = obs.instances.get(iid) else {
+            continue;
+        };
         if i.fleet != config.fleet || r.busy || terminating.contains(iid) {
             continue;
         }

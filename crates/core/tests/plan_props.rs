@@ -32,7 +32,11 @@ fn config(max: [u32; 3], scope_org: bool) -> Config {
         arch: Arch::X64,
         max_runners,
         warm: 0,
-        runner_scope: if scope_org { RunnerScope::Org } else { RunnerScope::Repo },
+        runner_scope: if scope_org {
+            RunnerScope::Org
+        } else {
+            RunnerScope::Repo
+        },
         runner_group_id: 1,
         max_lifetime: Duration::from_secs(6 * 3600),
         runner_version: None,
@@ -59,7 +63,11 @@ fn config(max: [u32; 3], scope_org: bool) -> Config {
             repos: Some(strings(&["acme/*"])),
             poll: false,
         },
-        aws: AwsConfig { region: None, role_arn: None, external_id: None },
+        aws: AwsConfig {
+            region: None,
+            role_arn: None,
+            external_id: None,
+        },
         pools: vec![
             pool("linux-x64", LABELS[0], max[0]),
             pool("linux-arm64", LABELS[1], max[1]),
@@ -72,46 +80,75 @@ const POOLS: [&str; 3] = ["linux-x64", "linux-arm64", "windows"];
 const REPOS: [&str; 3] = ["acme/app", "acme/lib", "other/x"];
 
 fn job() -> impl Strategy<Value = Job> {
-    (0u64..10_000, 0usize..4, 0usize..3, 0u8..5, 0u64..2_000_000, 0u32..3).prop_map(|(id, l, r, st, at, launches)| Job {
-        id,
-        run_id: id / 3,
-        repo: REPOS[r].into(),
-        labels: strings(LABELS[l]),
-        state: [JobState::Queued, JobState::Queued, JobState::InProgress, JobState::Completed, JobState::Failed][st as usize],
-        queued_at: at,
-        started_at: None,
-        completed_at: None,
-        runner_name: None,
-        reason: None,
-        launches,
-        retry_at: 0,
-    })
+    (
+        0u64..10_000,
+        0usize..4,
+        0usize..3,
+        0u8..5,
+        0u64..2_000_000,
+        0u32..3,
+    )
+        .prop_map(|(id, l, r, st, at, launches)| Job {
+            id,
+            run_id: id / 3,
+            repo: REPOS[r].into(),
+            labels: strings(LABELS[l]),
+            state: [
+                JobState::Queued,
+                JobState::Queued,
+                JobState::InProgress,
+                JobState::Completed,
+                JobState::Failed,
+            ][st as usize],
+            queued_at: at,
+            started_at: None,
+            completed_at: None,
+            runner_name: None,
+            reason: None,
+            launches,
+            retry_at: 0,
+        })
 }
 
 fn instance() -> impl Strategy<Value = Instance> {
     (
         (0u32..500, any::<bool>(), 0usize..3, 0u8..4, 0u64..3_000_000),
-        (any::<bool>(), any::<bool>(), any::<bool>(), prop::option::of(0u64..3_000_000), prop::option::of(0u64..3_000_000)),
+        (
+            any::<bool>(),
+            any::<bool>(),
+            any::<bool>(),
+            prop::option::of(0u64..3_000_000),
+            prop::option::of(0u64..3_000_000),
+        ),
         (prop::option::of(0u64..3_000_000), 0usize..3, any::<bool>()),
     )
-        .prop_map(|((n, ours, p, st, launched), (known, jit, busy, online, done), (term, r, unique))| Instance {
-            id: format!("i-{n:08x}"),
-            fleet: if ours { "ours".into() } else { "theirs".into() },
-            pool: POOLS[p].into(),
-            state: [InstanceState::Pending, InstanceState::Running, InstanceState::ShuttingDown, InstanceState::Terminated][st as usize],
-            launched_at: launched,
-            launch_id: known.then(|| format!("l-{n}")),
-            scope: known.then(|| Scope::Repo(REPOS[r].into())),
-            unique_label: unique.then(|| format!("u-{n}")),
-            market: None,
-            jit_written: jit,
-            param_present: jit,
-            runner_online_at: online,
-            busy,
-            job_done_at: done,
-            terminate_requested_at: term,
-            terminate_reason: None,
-        })
+        .prop_map(
+            |((n, ours, p, st, launched), (known, jit, busy, online, done), (term, r, unique))| {
+                Instance {
+                    id: format!("i-{n:08x}"),
+                    fleet: if ours { "ours".into() } else { "theirs".into() },
+                    pool: POOLS[p].into(),
+                    state: [
+                        InstanceState::Pending,
+                        InstanceState::Running,
+                        InstanceState::ShuttingDown,
+                        InstanceState::Terminated,
+                    ][st as usize],
+                    launched_at: launched,
+                    launch_id: known.then(|| format!("l-{n}")),
+                    scope: known.then(|| Scope::Repo(REPOS[r].into())),
+                    unique_label: unique.then(|| format!("u-{n}")),
+                    market: None,
+                    jit_written: jit,
+                    param_present: jit,
+                    runner_online_at: online,
+                    busy,
+                    job_done_at: done,
+                    terminate_requested_at: term,
+                    terminate_reason: None,
+                }
+            },
+        )
 }
 
 fn launch() -> impl Strategy<Value = Launch> {
@@ -122,7 +159,11 @@ fn launch() -> impl Strategy<Value = Launch> {
         job_id: Some(n as u64),
         unique_label: None,
         name: None,
-        state: if requested { LaunchState::Requested } else { LaunchState::Launched },
+        state: if requested {
+            LaunchState::Requested
+        } else {
+            LaunchState::Launched
+        },
         requested_at: 0,
         instance_id: None,
         error: None,
@@ -140,12 +181,12 @@ prop_compose! {
         org in any::<bool>(),
         now in 0u64..4_000_000,
     ) -> (Config, Observed, u64) {
-        let mut obs = Observed::default();
-        obs.jobs = jobs.into_iter().map(|j| (j.id, j)).collect();
-        for i in instances {
-            obs.instances.insert(i.id.clone(), i);
-        }
-        obs.launches = launches.into_iter().map(|l| (l.id.clone(), l)).collect();
+        let mut obs = Observed {
+            jobs: jobs.into_iter().map(|j| (j.id, j)).collect(),
+            instances: instances.into_iter().map(|i| (i.id.clone(), i)).collect(),
+            launches: launches.into_iter().map(|l| (l.id.clone(), l)).collect(),
+            ..Observed::default()
+        };
         let names: Vec<(String, String)> = obs.instances.values().map(|i| (i.id.clone(), i.runner_name())).collect();
         for (k, (n, busy)) in busy_runners.into_iter().enumerate() {
             // Runners named after instances (ours or theirs), some busy.
@@ -260,7 +301,9 @@ fn queued_jobs_get_launches_up_to_the_cap() {
         .collect();
     // the oldest three, in the first pool that has all labels
     assert_eq!(launched, vec![1, 2, 3]);
-    let Action::Launch(first) = &actions[0] else { panic!("expected a launch, got {:?}", actions[0]) };
+    let Action::Launch(first) = &actions[0] else {
+        panic!("expected a launch, got {:?}", actions[0])
+    };
     assert_eq!(first.pool, "linux-x64");
     assert_eq!(first.offerings.len(), 8, "2 markets x 2 types x 2 subnets");
     assert_eq!(first.offerings[0].market, CapacityMarket::Spot);
@@ -272,14 +315,28 @@ fn unmatched_and_foreign_repo_jobs_are_ignored_with_a_reason() {
     let cfg = config([3, 1, 1], false);
     let mut obs = Observed::default();
     for (id, repo, labels) in [(1, "acme/app", LABELS[3]), (2, "other/x", LABELS[0])] {
-        let ev = JobEvent { job_id: id, run_id: 1, repo: repo.into(), labels: strings(labels), status: JobStatus::Queued, runner_name: None, conclusion: None, at: 0 };
+        let ev = JobEvent {
+            job_id: id,
+            run_id: 1,
+            repo: repo.into(),
+            labels: strings(labels),
+            status: JobStatus::Queued,
+            runner_name: None,
+            conclusion: None,
+            at: 0,
+        };
         obs.jobs.insert(id, Job::new(&ev));
     }
     let actions = plan(&cfg, &obs, 0);
     assert_eq!(actions.len(), 2, "{actions:?}");
     for a in &actions {
-        let Action::MarkJob { state, reason, .. } = a else { panic!("{a:?}") };
+        let Action::MarkJob { state, reason, .. } = a else {
+            panic!("{a:?}")
+        };
         assert_eq!(*state, JobState::Ignored);
-        assert!(reason.contains("gpu") || reason.contains("other/x"), "{reason}");
+        assert!(
+            reason.contains("gpu") || reason.contains("other/x"),
+            "{reason}"
+        );
     }
 }

@@ -49,7 +49,11 @@ pub struct EngineOptions {
 
 impl Default for EngineOptions {
     fn default() -> Self {
-        EngineOptions { concurrency: 16, launch_bucket: (5, 2.0), max_rounds: 6 }
+        EngineOptions {
+            concurrency: 16,
+            launch_bucket: (5, 2.0),
+            max_rounds: 6,
+        }
     }
 }
 
@@ -73,19 +77,34 @@ pub struct Stats {
 }
 
 fn bump(map: &mut BTreeMap<String, BTreeMap<String, u64>>, a: &str, b: &str) {
-    *map.entry(a.to_string()).or_default().entry(b.to_string()).or_default() += 1;
+    *map.entry(a.to_string())
+        .or_default()
+        .entry(b.to_string())
+        .or_default() += 1;
 }
 
 enum Outcome {
-    Launch { id: String, result: PortResult<LaunchOutcome> },
-    Provision { instance_id: String, result: PortResult<u64> },
-    ParamDeleted { instance_id: String, result: PortResult<()> },
+    Launch {
+        id: String,
+        result: PortResult<LaunchOutcome>,
+    },
+    Provision {
+        instance_id: String,
+        result: PortResult<u64>,
+    },
+    ParamDeleted {
+        instance_id: String,
+        result: PortResult<()>,
+    },
     Terminate {
         instance_id: String,
         reason: runfleet_core::model::TerminateReason,
         result: PortResult<()>,
     },
-    RunnerDeleted { runner_id: u64, result: PortResult<()> },
+    RunnerDeleted {
+        runner_id: u64,
+        result: PortResult<()>,
+    },
 }
 
 /// The controller. Holds its state in memory, writes every change through
@@ -115,11 +134,26 @@ impl Engine {
         now: Millis,
     ) -> PortResult<Engine> {
         let snap = store.load().await?;
-        let mut obs = Observed::default();
-        obs.jobs = snap.jobs.into_iter().map(|j| (j.id, j)).collect();
-        obs.launches = snap.launches.into_iter().map(|l| (l.id.clone(), l)).collect();
-        obs.instances = snap.instances.into_iter().map(|i| (i.id.clone(), i)).collect();
-        obs.params = obs.instances.values().filter(|i| i.param_present).map(|i| i.id.clone()).collect();
+        let mut obs = Observed {
+            jobs: snap.jobs.into_iter().map(|j| (j.id, j)).collect(),
+            launches: snap
+                .launches
+                .into_iter()
+                .map(|l| (l.id.clone(), l))
+                .collect(),
+            instances: snap
+                .instances
+                .into_iter()
+                .map(|i| (i.id.clone(), i))
+                .collect(),
+            ..Observed::default()
+        };
+        obs.params = obs
+            .instances
+            .values()
+            .filter(|i| i.param_present)
+            .map(|i| i.id.clone())
+            .collect();
         let user_data = cfg
             .pools
             .iter()
@@ -167,7 +201,10 @@ impl Engine {
     /// acknowledge once this returns Ok. Does not change the engine's state;
     /// the next [`Engine::step`] folds it in.
     pub async fn intake(store: &dyn Store, delivery_id: &str, ev: &JobEvent) -> PortResult<bool> {
-        Ok(matches!(store.intake(delivery_id, ev).await?, crate::ports::Intake::Stored(_)))
+        Ok(matches!(
+            store.intake(delivery_id, ev).await?,
+            crate::ports::Intake::Stored(_)
+        ))
     }
 
     /// Folds stored observations into jobs and instances.
@@ -223,7 +260,12 @@ impl Engine {
                 let s = job.started_at.is_some();
                 let c = job.state == JobState::Completed;
                 self.obs.jobs.insert(ev.job_id, job);
-                muts.push(timeline(ev.at, Some(ev.job_id), None, format!("job queued in {} ({:?})", ev.repo, ev.labels)));
+                muts.push(timeline(
+                    ev.at,
+                    Some(ev.job_id),
+                    None,
+                    format!("job queued in {} ({:?})", ev.repo, ev.labels),
+                ));
                 (true, s, c)
             }
         };
@@ -234,18 +276,40 @@ impl Engine {
         let job = &self.obs.jobs[&ev.job_id];
         if started_now {
             let at = job.started_at.unwrap_or(now);
-            self.stats.queue_to_start_ms.push(at.saturating_sub(job.queued_at));
+            self.stats
+                .queue_to_start_ms
+                .push(at.saturating_sub(job.queued_at));
             bump(&mut self.stats.jobs, &pool_name, "started");
-            muts.push(timeline(at, Some(job.id), None, format!("job started on {}", job.runner_name.as_deref().unwrap_or("?"))));
+            muts.push(timeline(
+                at,
+                Some(job.id),
+                None,
+                format!(
+                    "job started on {}",
+                    job.runner_name.as_deref().unwrap_or("?")
+                ),
+            ));
             info!(job_id = job.id, run_id = job.run_id, repo = %job.repo, pool = %pool_name, runner_name = job.runner_name.as_deref().unwrap_or(""), "job started");
         }
         if completed_now {
             bump(&mut self.stats.jobs, &pool_name, "completed");
-            muts.push(timeline(ev.at, Some(job.id), None, format!("job completed ({})", ev.conclusion.as_deref().unwrap_or("unknown"))));
+            muts.push(timeline(
+                ev.at,
+                Some(job.id),
+                None,
+                format!(
+                    "job completed ({})",
+                    ev.conclusion.as_deref().unwrap_or("unknown")
+                ),
+            ));
             info!(job_id = job.id, run_id = job.run_id, repo = %job.repo, pool = %pool_name, "job completed");
         }
-        let Some(iid) = ev.runner_name.as_deref().and_then(instance_of_runner) else { return };
-        let Some(inst) = self.obs.instances.get_mut(iid) else { return };
+        let Some(iid) = ev.runner_name.as_deref().and_then(instance_of_runner) else {
+            return;
+        };
+        let Some(inst) = self.obs.instances.get_mut(iid) else {
+            return;
+        };
         let before = inst.clone();
         match ev.status {
             JobStatus::InProgress if inst.job_done_at.is_none() => {
@@ -290,7 +354,11 @@ impl Engine {
         let mut progressed = 0;
         for a in actions {
             match a {
-                Action::MarkJob { job_id, state, reason } => {
+                Action::MarkJob {
+                    job_id,
+                    state,
+                    reason,
+                } => {
                     if let Some(job) = self.obs.jobs.get_mut(&job_id) {
                         job.state = state;
                         job.reason = Some(reason.clone());
@@ -299,7 +367,12 @@ impl Engine {
                         bump(&mut self.stats.jobs, pool, state.as_str());
                         warn!(job_id, run_id = job.run_id, repo = %job.repo, %reason, "job {}", state.as_str());
                         pre.push(Mutation::PutJob(job.clone()));
-                        pre.push(timeline(now, Some(job_id), None, format!("job {}: {reason}", state.as_str())));
+                        pre.push(timeline(
+                            now,
+                            Some(job_id),
+                            None,
+                            format!("job {}: {reason}", state.as_str()),
+                        ));
                         progressed += 1;
                     }
                 }
@@ -354,11 +427,21 @@ impl Engine {
         Ok(progressed)
     }
 
-    fn record_launch(&mut self, lp: &LaunchPlan, now: Millis, muts: &mut Vec<Mutation>) -> &mut Launch {
+    fn record_launch(
+        &mut self,
+        lp: &LaunchPlan,
+        now: Millis,
+        muts: &mut Vec<Mutation>,
+    ) -> &mut Launch {
         if let Some(job) = lp.job_id.and_then(|j| self.obs.jobs.get_mut(&j)) {
             job.launches += 1;
             muts.push(Mutation::PutJob(job.clone()));
-            muts.push(timeline(now, Some(job.id), None, format!("launch {} requested in pool {}", lp.id, lp.pool)));
+            muts.push(timeline(
+                now,
+                Some(job.id),
+                None,
+                format!("launch {} requested in pool {}", lp.id, lp.pool),
+            ));
         }
         self.obs.launches.insert(
             lp.id.clone(),
@@ -389,16 +472,39 @@ impl Engine {
                 };
                 Outcome::Launch { id: lp.id, result }
             }
-            Action::ProvisionRunner { instance_id, scope, runner_name, labels, runner_group_id, .. } => {
-                let req = JitRequest { scope: scope.clone(), name: runner_name.clone(), labels, runner_group_id };
+            Action::ProvisionRunner {
+                instance_id,
+                scope,
+                runner_name,
+                labels,
+                runner_group_id,
+                ..
+            } => {
+                let req = JitRequest {
+                    scope: scope.clone(),
+                    name: runner_name.clone(),
+                    labels,
+                    runner_group_id,
+                };
                 let result = self.provision(fleet, &instance_id, &req).await;
-                Outcome::Provision { instance_id, result }
+                Outcome::Provision {
+                    instance_id,
+                    result,
+                }
             }
             Action::DeleteParameter { instance_id } => {
                 let result = self.cloud.delete_jit(fleet, &instance_id).await;
-                Outcome::ParamDeleted { instance_id, result }
+                Outcome::ParamDeleted {
+                    instance_id,
+                    result,
+                }
             }
-            Action::Terminate { instance_id, runner, reason, .. } => {
+            Action::Terminate {
+                instance_id,
+                runner,
+                reason,
+                ..
+            } => {
                 let result = async {
                     if let Some((scope, id)) = &runner {
                         match self.github.delete_runner(scope, *id).await {
@@ -408,12 +514,20 @@ impl Engine {
                         }
                     }
                     let _ = self.cloud.delete_jit(fleet, &instance_id).await;
-                    self.cloud.terminate(fleet, std::slice::from_ref(&instance_id)).await
+                    self.cloud
+                        .terminate(fleet, std::slice::from_ref(&instance_id))
+                        .await
                 }
                 .await;
-                Outcome::Terminate { instance_id, reason, result }
+                Outcome::Terminate {
+                    instance_id,
+                    reason,
+                    result,
+                }
             }
-            Action::DeleteRunner { scope, runner_id, .. } => {
+            Action::DeleteRunner {
+                scope, runner_id, ..
+            } => {
                 let result = match self.github.delete_runner(&scope, runner_id).await {
                     Err(e) if e.kind == ErrorKind::NotFound => Ok(()),
                     r => r,
@@ -446,19 +560,37 @@ impl Engine {
     }
 
     fn launch_request(&self, lp: &LaunchPlan) -> PortResult<LaunchRequest> {
-        let pool = self
-            .cfg
-            .pool(&lp.pool)
-            .ok_or_else(|| PortError::new(ErrorKind::Invalid, format!("pool {} is not configured", lp.pool)))?;
+        let pool = self.cfg.pool(&lp.pool).ok_or_else(|| {
+            PortError::new(
+                ErrorKind::Invalid,
+                format!("pool {} is not configured", lp.pool),
+            )
+        })?;
         let user_data = match self.user_data.get(&pool.name) {
             Some(Ok(u)) => u.clone(),
-            Some(Err(e)) => return Err(PortError::new(ErrorKind::Invalid, format!("user data of pool {}: {e}", pool.name))),
-            None => return Err(PortError::new(ErrorKind::Invalid, format!("no user data for pool {}", pool.name))),
+            Some(Err(e)) => {
+                return Err(PortError::new(
+                    ErrorKind::Invalid,
+                    format!("user data of pool {}: {e}", pool.name),
+                ));
+            }
+            None => {
+                return Err(PortError::new(
+                    ErrorKind::Invalid,
+                    format!("no user data for pool {}", pool.name),
+                ));
+            }
         };
         if lp.offerings.is_empty() {
-            return Err(PortError::new(ErrorKind::Capacity, "every offering is cooling down after capacity errors"));
+            return Err(PortError::new(
+                ErrorKind::Capacity,
+                "every offering is cooling down after capacity errors",
+            ));
         }
-        let name = lp.name.clone().unwrap_or_else(|| format!("runfleet-{}", pool.name));
+        let name = lp
+            .name
+            .clone()
+            .unwrap_or_else(|| format!("runfleet-{}", pool.name));
         Ok(LaunchRequest {
             client_token: lp.id.clone(),
             fleet: self.cfg.fleet.clone(),
@@ -473,8 +605,14 @@ impl Engine {
                 (TAG_LAUNCH.to_string(), lp.id.clone()),
             ],
             user_data,
-            role_arn: pool.role_arn.clone().or_else(|| self.cfg.aws.role_arn.clone()),
-            external_id: pool.external_id.clone().or_else(|| self.cfg.aws.external_id.clone()),
+            role_arn: pool
+                .role_arn
+                .clone()
+                .or_else(|| self.cfg.aws.role_arn.clone()),
+            external_id: pool
+                .external_id
+                .clone()
+                .or_else(|| self.cfg.aws.external_id.clone()),
         })
     }
 
@@ -482,8 +620,13 @@ impl Engine {
     fn absorb(&mut self, o: Outcome, now: Millis, muts: &mut Vec<Mutation>) -> bool {
         match o {
             Outcome::Launch { id, result } => self.absorb_launch(&id, result, now, muts),
-            Outcome::Provision { instance_id, result } => {
-                let Some(inst) = self.obs.instances.get_mut(&instance_id) else { return false };
+            Outcome::Provision {
+                instance_id,
+                result,
+            } => {
+                let Some(inst) = self.obs.instances.get_mut(&instance_id) else {
+                    return false;
+                };
                 match result {
                     Ok(runner_id) => {
                         inst.jit_written = true;
@@ -491,7 +634,12 @@ impl Engine {
                         self.obs.params.insert(instance_id.clone());
                         info!(instance_id = %inst.id, pool = %inst.pool, runner_name = %inst.runner_name(), runner_id, "runner config written");
                         muts.push(Mutation::PutInstance(inst.clone()));
-                        muts.push(timeline(now, None, Some(&instance_id), format!("runner {} registered, config in SSM", inst.runner_name())));
+                        muts.push(timeline(
+                            now,
+                            None,
+                            Some(&instance_id),
+                            format!("runner {} registered, config in SSM", inst.runner_name()),
+                        ));
                         true
                     }
                     Err(e) => {
@@ -501,7 +649,10 @@ impl Engine {
                     }
                 }
             }
-            Outcome::ParamDeleted { instance_id, result } => match result {
+            Outcome::ParamDeleted {
+                instance_id,
+                result,
+            } => match result {
                 Ok(()) => {
                     self.obs.params.remove(&instance_id);
                     if let Some(inst) = self.obs.instances.get_mut(&instance_id) {
@@ -515,9 +666,17 @@ impl Engine {
                     false
                 }
             },
-            Outcome::Terminate { instance_id, reason, result } => match result {
+            Outcome::Terminate {
+                instance_id,
+                reason,
+                result,
+            } => match result {
                 Ok(()) => {
-                    *self.stats.terminations.entry(reason.as_str().to_string()).or_default() += 1;
+                    *self
+                        .stats
+                        .terminations
+                        .entry(reason.as_str().to_string())
+                        .or_default() += 1;
                     self.obs.params.remove(&instance_id);
                     if let Some(inst) = self.obs.instances.get_mut(&instance_id) {
                         inst.terminate_requested_at = Some(now);
@@ -526,7 +685,12 @@ impl Engine {
                         info!(instance_id = %inst.id, pool = %inst.pool, runner_name = %inst.runner_name(), reason = reason.as_str(), "instance terminated");
                         muts.push(Mutation::PutInstance(inst.clone()));
                         let job = self.job_of_instance(&instance_id);
-                        muts.push(timeline(now, job, Some(&instance_id), format!("instance terminated ({})", reason.as_str())));
+                        muts.push(timeline(
+                            now,
+                            job,
+                            Some(&instance_id),
+                            format!("instance terminated ({})", reason.as_str()),
+                        ));
                     }
                     true
                 }
@@ -549,8 +713,16 @@ impl Engine {
         }
     }
 
-    fn absorb_launch(&mut self, id: &str, result: PortResult<LaunchOutcome>, now: Millis, muts: &mut Vec<Mutation>) -> bool {
-        let Some(launch) = self.obs.launches.get(id).cloned() else { return false };
+    fn absorb_launch(
+        &mut self,
+        id: &str,
+        result: PortResult<LaunchOutcome>,
+        now: Millis,
+        muts: &mut Vec<Mutation>,
+    ) -> bool {
+        let Some(launch) = self.obs.launches.get(id).cloned() else {
+            return false;
+        };
         let pool = launch.pool.clone();
         match result {
             Ok(out) => {
@@ -558,7 +730,10 @@ impl Engine {
                     bump(&mut self.stats.launch_errors, &pool, err.kind.as_str());
                     if marks_unavailable(err.kind) {
                         self.obs.unavailable.retain(|u| &u.offering != offering);
-                        self.obs.unavailable.push(Unavailable { offering: offering.clone(), until: now + UNAVAILABLE_FOR_MS });
+                        self.obs.unavailable.push(Unavailable {
+                            offering: offering.clone(),
+                            until: now + UNAVAILABLE_FOR_MS,
+                        });
                     }
                 }
                 let mut l = launch;
@@ -586,7 +761,12 @@ impl Engine {
                             terminate_reason: None,
                         };
                         info!(job_id = l.job_id, pool = %pool, instance_id = %instance.id, offering = %inst.offering, launch_id = %l.id, "instance launched");
-                        muts.push(timeline(now, l.job_id, Some(&instance.id), format!("instance {} launched ({})", instance.id, inst.offering)));
+                        muts.push(timeline(
+                            now,
+                            l.job_id,
+                            Some(&instance.id),
+                            format!("instance {} launched ({})", instance.id, inst.offering),
+                        ));
                         muts.push(Mutation::PutInstance(instance.clone()));
                         self.obs.instances.insert(instance.id.clone(), instance);
                     }
@@ -609,14 +789,18 @@ impl Engine {
                 bump(&mut self.stats.launch_errors, &pool, e.kind.as_str());
                 self.adapter_error("launch", &e);
                 let mut l = launch;
-                if e.kind.is_permanent() || matches!(e.kind, ErrorKind::Capacity | ErrorKind::Quota) {
+                if e.kind.is_permanent() || matches!(e.kind, ErrorKind::Capacity | ErrorKind::Quota)
+                {
                     l.state = LaunchState::Failed;
                     l.error = Some((e.kind, e.message.clone()));
                     self.fail_launch_job(&l, e.kind, &e.message, now, muts);
                 } else {
                     // May have happened: call again later with the same token.
                     let attempt = (now.saturating_sub(l.requested_at) / 5_000) as u32 + 1;
-                    let wait = e.retry_after_ms.unwrap_or(0).max(retry_backoff(attempt) / 5 + jitter(&l.id, attempt));
+                    let wait = e
+                        .retry_after_ms
+                        .unwrap_or(0)
+                        .max(retry_backoff(attempt) / 5 + jitter(&l.id, attempt));
                     l.not_before = now + wait;
                 }
                 muts.push(Mutation::PutLaunch(l.clone()));
@@ -626,17 +810,33 @@ impl Engine {
         }
     }
 
-    fn fail_launch_job(&mut self, l: &Launch, kind: ErrorKind, msg: &str, now: Millis, muts: &mut Vec<Mutation>) {
+    fn fail_launch_job(
+        &mut self,
+        l: &Launch,
+        kind: ErrorKind,
+        msg: &str,
+        now: Millis,
+        muts: &mut Vec<Mutation>,
+    ) {
         warn!(job_id = l.job_id, pool = %l.pool, launch_id = %l.id, kind = kind.as_str(), error = %msg, "launch failed");
         if let Some(job) = l.job_id.and_then(|j| self.obs.jobs.get_mut(&j)) {
             job.retry_at = now + retry_backoff(job.launches);
             muts.push(Mutation::PutJob(job.clone()));
-            muts.push(timeline(now, Some(job.id), None, format!("launch {} failed ({}): {msg}", l.id, kind.as_str())));
+            muts.push(timeline(
+                now,
+                Some(job.id),
+                None,
+                format!("launch {} failed ({}): {msg}", l.id, kind.as_str()),
+            ));
         }
     }
 
     fn adapter_error(&mut self, port: &str, e: &PortError) {
-        *self.stats.adapter_errors.entry(format!("{port}:{}", e.kind.as_str())).or_default() += 1;
+        *self
+            .stats
+            .adapter_errors
+            .entry(format!("{port}:{}", e.kind.as_str()))
+            .or_default() += 1;
     }
 
     fn job_of_instance(&self, instance_id: &str) -> Option<u64> {
@@ -686,12 +886,19 @@ impl Engine {
                         inst.state = ci.state;
                         muts.push(Mutation::PutInstance(inst.clone()));
                         if ci.state == InstanceState::Terminated {
-                            muts.push(timeline(now, None, Some(&ci.id), "instance gone".to_string()));
+                            muts.push(timeline(
+                                now,
+                                None,
+                                Some(&ci.id),
+                                "instance gone".to_string(),
+                            ));
                         }
                     }
                 }
                 None => {
-                    let launch = ci.tag(TAG_LAUNCH).and_then(|l| self.obs.launches.get_mut(l));
+                    let launch = ci
+                        .tag(TAG_LAUNCH)
+                        .and_then(|l| self.obs.launches.get_mut(l));
                     let (launch_id, scope, unique_label) = match launch {
                         Some(l) => {
                             if l.state != LaunchState::Launched {
@@ -699,7 +906,11 @@ impl Engine {
                                 l.instance_id = Some(ci.id.clone());
                                 muts.push(Mutation::PutLaunch(l.clone()));
                             }
-                            (Some(l.id.clone()), Some(l.scope.clone()), l.unique_label.clone())
+                            (
+                                Some(l.id.clone()),
+                                Some(l.scope.clone()),
+                                l.unique_label.clone(),
+                            )
                         }
                         None => (None, None, None),
                     };
@@ -730,16 +941,29 @@ impl Engine {
             }
         }
         for inst in self.obs.instances.values_mut() {
-            if inst.alive() && !seen.contains(&inst.id) && now.saturating_sub(inst.launched_at) > VANISHED_AFTER_MS {
+            if inst.alive()
+                && !seen.contains(&inst.id)
+                && now.saturating_sub(inst.launched_at) > VANISHED_AFTER_MS
+            {
                 inst.state = InstanceState::Terminated;
                 muts.push(Mutation::PutInstance(inst.clone()));
-                muts.push(timeline(now, None, Some(&inst.id), "instance gone".to_string()));
+                muts.push(timeline(
+                    now,
+                    None,
+                    Some(&inst.id),
+                    "instance gone".to_string(),
+                ));
             }
         }
     }
 
     async fn reconcile_runners(&mut self, now: Millis, muts: &mut Vec<Mutation>) {
-        let scopes: BTreeSet<Scope> = self.obs.instances.values().filter_map(|i| i.scope.clone()).collect();
+        let scopes: BTreeSet<Scope> = self
+            .obs
+            .instances
+            .values()
+            .filter_map(|i| i.scope.clone())
+            .collect();
         let mut fresh = Vec::new();
         let mut listed: BTreeSet<Scope> = BTreeSet::new();
         for scope in scopes {
@@ -755,8 +979,15 @@ impl Engine {
             }
         }
         // Keep what we knew of scopes that could not be listed.
-        fresh.extend(self.obs.runners.iter().filter(|r| !listed.contains(&r.scope)).cloned());
-        let by_name: HashMap<&str, &runfleet_core::model::Runner> = fresh.iter().map(|r| (r.name.as_str(), r)).collect();
+        fresh.extend(
+            self.obs
+                .runners
+                .iter()
+                .filter(|r| !listed.contains(&r.scope))
+                .cloned(),
+        );
+        let by_name: HashMap<&str, &runfleet_core::model::Runner> =
+            fresh.iter().map(|r| (r.name.as_str(), r)).collect();
         for inst in self.obs.instances.values_mut() {
             let Some(scope) = &inst.scope else { continue };
             if !listed.contains(scope) {
@@ -774,7 +1005,10 @@ impl Engine {
                 }
                 None => {
                     // An ephemeral runner disappears after its job.
-                    if inst.runner_online_at.is_some() && inst.job_done_at.is_none() && inst.jit_written {
+                    if inst.runner_online_at.is_some()
+                        && inst.job_done_at.is_none()
+                        && inst.jit_written
+                    {
                         inst.busy = false;
                         inst.job_done_at = Some(now);
                     }
@@ -783,7 +1017,12 @@ impl Engine {
             if *inst != before {
                 if before.runner_online_at.is_none() && inst.runner_online_at.is_some() {
                     let id = inst.id.clone();
-                    muts.push(timeline(now, None, Some(&id), format!("runner {} online", inst.runner_name())));
+                    muts.push(timeline(
+                        now,
+                        None,
+                        Some(&id),
+                        format!("runner {} online", inst.runner_name()),
+                    ));
                 }
                 muts.push(Mutation::PutInstance(inst.clone()));
             }
@@ -851,7 +1090,8 @@ impl Engine {
             .filter(|j| listed_repos.contains(&j.repo.to_ascii_lowercase()))
             .filter(|j| match j.state {
                 JobState::Queued | JobState::Failed => {
-                    !queued_seen.contains(&j.id) && now.saturating_sub(j.queued_at) > RECHECK_AFTER_MS
+                    !queued_seen.contains(&j.id)
+                        && now.saturating_sub(j.queued_at) > RECHECK_AFTER_MS
                 }
                 JobState::InProgress => self.runner_gone(j),
                 _ => false,
@@ -871,8 +1111,13 @@ impl Engine {
     }
 
     fn runner_gone(&self, job: &Job) -> bool {
-        let Some(iid) = job.runner_name.as_deref().and_then(instance_of_runner) else { return false };
-        self.obs.instances.get(iid).is_none_or(|i| !i.alive() || i.job_done_at.is_some())
+        let Some(iid) = job.runner_name.as_deref().and_then(instance_of_runner) else {
+            return false;
+        };
+        self.obs
+            .instances
+            .get(iid)
+            .is_none_or(|i| !i.alive() || i.job_done_at.is_some())
     }
 
     fn housekeeping(&mut self, now: Millis, muts: &mut Vec<Mutation>) {
@@ -895,7 +1140,9 @@ impl Engine {
             .instances
             .values()
             .filter(|i| i.state == InstanceState::Terminated && !i.param_present)
-            .filter(|i| now.saturating_sub(i.terminate_requested_at.unwrap_or(i.launched_at)) > RETENTION_MS)
+            .filter(|i| {
+                now.saturating_sub(i.terminate_requested_at.unwrap_or(i.launched_at)) > RETENTION_MS
+            })
             .map(|i| i.id.clone())
             .collect();
         for id in old_instances {
@@ -927,5 +1174,10 @@ pub fn poll_delivery(ev: &JobEvent) -> String {
 }
 
 fn timeline(at: Millis, job_id: Option<u64>, instance_id: Option<&str>, what: String) -> Mutation {
-    Mutation::Timeline(TimelineEvent { at, job_id, instance_id: instance_id.map(str::to_string), what })
+    Mutation::Timeline(TimelineEvent {
+        at,
+        job_id,
+        instance_id: instance_id.map(str::to_string),
+        what,
+    })
 }

@@ -21,7 +21,11 @@ pub struct PortError {
 
 impl PortError {
     pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
-        PortError { kind, message: message.into(), retry_after_ms: None }
+        PortError {
+            kind,
+            message: message.into(),
+            retry_after_ms: None,
+        }
     }
 }
 
@@ -112,7 +116,10 @@ pub struct CloudInstance {
 
 impl CloudInstance {
     pub fn tag(&self, key: &str) -> Option<&str> {
-        self.tags.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
+        self.tags
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
     }
 }
 

@@ -8,9 +8,15 @@ fn demo(c: &mut Criterion) {
     g.sample_size(10);
     for jobs in [200usize, 2000] {
         g.bench_function(format!("jobs_{jobs}"), |b| {
-            let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .build()
+                .unwrap();
             b.iter(|| {
-                let opts = SimOptions { jobs, seed: 1, ..SimOptions::default() };
+                let opts = SimOptions {
+                    jobs,
+                    seed: 1,
+                    ..SimOptions::default()
+                };
                 let s = rt.block_on(run(&opts, demo_config(), &mut |_| {})).unwrap();
                 assert!(s.ok());
                 s

@@ -7,8 +7,8 @@ use rand::Rng;
 use runfleet_core::config::{CapacityMarket, Secret};
 use runfleet_core::model::{ErrorKind, InstanceState, JobEvent, JobStatus, Runner, Scope};
 use runfleet_engine::ports::{
-    Cloud, CloudInstance, GitHub, JitConfig, JitRequest, LaunchOutcome, LaunchRequest, Launched, PortError,
-    PortResult,
+    Cloud, CloudInstance, GitHub, JitConfig, JitRequest, LaunchOutcome, LaunchRequest, Launched,
+    PortError, PortResult,
 };
 
 use crate::world::{SimInstance, World, param_path};
@@ -31,11 +31,17 @@ fn count(w: &mut World, github: bool, op: &str, mutating: bool) {
 fn github_fault(w: &mut World, op: &str) -> PortResult<()> {
     if w.fault(0.15) {
         w.faults.github_5xx += 1;
-        return Err(PortError::new(ErrorKind::Transient, format!("{op}: 502 Bad Gateway (simulated)")));
+        return Err(PortError::new(
+            ErrorKind::Transient,
+            format!("{op}: 502 Bad Gateway (simulated)"),
+        ));
     }
     if w.fault(0.05) {
         w.faults.github_rate_limited += 1;
-        let mut e = PortError::new(ErrorKind::Throttled, format!("{op}: 403 secondary rate limit (simulated)"));
+        let mut e = PortError::new(
+            ErrorKind::Throttled,
+            format!("{op}: 403 secondary rate limit (simulated)"),
+        );
         e.retry_after_ms = Some(w.rng.random_range(1_000..10_000));
         return Err(e);
     }
@@ -45,11 +51,17 @@ fn github_fault(w: &mut World, op: &str) -> PortResult<()> {
 fn aws_fault(w: &mut World, op: &str) -> PortResult<()> {
     if w.fault(0.1) {
         w.faults.ec2_5xx += 1;
-        return Err(PortError::new(ErrorKind::Transient, format!("{op}: 503 ServiceUnavailable (simulated)")));
+        return Err(PortError::new(
+            ErrorKind::Transient,
+            format!("{op}: 503 ServiceUnavailable (simulated)"),
+        ));
     }
     if w.fault(0.1) {
         w.faults.ec2_throttled += 1;
-        return Err(PortError::new(ErrorKind::Throttled, format!("{op}: RequestLimitExceeded (simulated)")));
+        return Err(PortError::new(
+            ErrorKind::Throttled,
+            format!("{op}: RequestLimitExceeded (simulated)"),
+        ));
     }
     Ok(())
 }
@@ -67,8 +79,14 @@ impl GitHub for SimGitHub {
         let mut w = self.0.lock().unwrap();
         count(&mut w, true, "generate_jitconfig", true);
         github_fault(&mut w, "generate-jitconfig")?;
-        if w.runners.values().any(|r| r.name == req.name && r.scope == req.scope) {
-            return Err(PortError::new(ErrorKind::Invalid, format!("runner {} already exists (409)", req.name)));
+        if w.runners
+            .values()
+            .any(|r| r.name == req.name && r.scope == req.scope)
+        {
+            return Err(PortError::new(
+                ErrorKind::Invalid,
+                format!("runner {} already exists (409)", req.name),
+            ));
         }
         let id = w.new_runner_id();
         let jit = format!("jit-{id}-{:016x}", w.rng.random::<u64>());
@@ -86,15 +104,17 @@ impl GitHub for SimGitHub {
                 jit: jit.clone(),
             },
         );
-        Ok(JitConfig { runner_id: id, encoded: Secret::new(jit) })
+        Ok(JitConfig {
+            runner_id: id,
+            encoded: Secret::new(jit),
+        })
     }
 
     async fn list_runners(&self, scope: &Scope) -> PortResult<Vec<Runner>> {
         let mut w = self.0.lock().unwrap();
         count(&mut w, true, "list_runners", false);
         github_fault(&mut w, "list runners")?;
-        Ok(w
-            .runners
+        Ok(w.runners
             .values()
             .filter(|r| &r.scope == scope)
             .map(|r| Runner {
@@ -113,9 +133,18 @@ impl GitHub for SimGitHub {
         count(&mut w, true, "delete_runner", true);
         github_fault(&mut w, "delete runner")?;
         match w.runners.get(&runner_id) {
-            None => Err(PortError::new(ErrorKind::NotFound, format!("runner {runner_id} not found"))),
-            Some(r) if &r.scope != scope => Err(PortError::new(ErrorKind::NotFound, format!("runner {runner_id} not in {scope}"))),
-            Some(r) if r.busy => Err(PortError::new(ErrorKind::Invalid, format!("runner {runner_id} is running a job (422)"))),
+            None => Err(PortError::new(
+                ErrorKind::NotFound,
+                format!("runner {runner_id} not found"),
+            )),
+            Some(r) if &r.scope != scope => Err(PortError::new(
+                ErrorKind::NotFound,
+                format!("runner {runner_id} not in {scope}"),
+            )),
+            Some(r) if r.busy => Err(PortError::new(
+                ErrorKind::Invalid,
+                format!("runner {runner_id} is running a job (422)"),
+            )),
             Some(_) => {
                 w.delete_runner(runner_id);
                 Ok(())
@@ -128,8 +157,7 @@ impl GitHub for SimGitHub {
         count(&mut w, true, "list_queued_jobs", false);
         github_fault(&mut w, "list workflow runs")?;
         let now = w.now;
-        Ok(w
-            .jobs
+        Ok(w.jobs
             .values()
             .filter(|j| j.repo == repo && j.status == JobStatus::Queued && j.queued_at.is_some())
             .map(|j| JobEvent {
@@ -154,7 +182,12 @@ impl GitHub for SimGitHub {
             .jobs
             .get(&job_id)
             .filter(|j| j.repo == repo && j.queued_at.is_some())
-            .ok_or_else(|| PortError::new(ErrorKind::NotFound, format!("job {job_id} not found in {repo}")))?;
+            .ok_or_else(|| {
+                PortError::new(
+                    ErrorKind::NotFound,
+                    format!("job {job_id} not found in {repo}"),
+                )
+            })?;
         Ok(JobEvent {
             job_id: j.id,
             run_id: j.run_id,
@@ -176,7 +209,11 @@ impl GitHub for SimGitHub {
         count(&mut w, true, "list_repos", false);
         github_fault(&mut w, "list repos")?;
         let prefix = format!("{owner}/");
-        Ok(w.repos.iter().filter(|r| r.starts_with(&prefix)).cloned().collect())
+        Ok(w.repos
+            .iter()
+            .filter(|r| r.starts_with(&prefix))
+            .cloned()
+            .collect())
     }
 }
 
@@ -207,7 +244,11 @@ impl Cloud for SimCloud {
                 market: inst.market,
             };
             return Ok(LaunchOutcome {
-                instance: Some(Launched { instance_id: id, offering, launched_at: inst.launched_at }),
+                instance: Some(Launched {
+                    instance_id: id,
+                    offering,
+                    launched_at: inst.launched_at,
+                }),
                 errors: vec![],
             });
         }
@@ -219,12 +260,19 @@ impl Cloud for SimCloud {
         for o in &req.offerings {
             let key = (o.instance_type.clone(), o.subnet.clone(), o.market);
             let used = w.in_use.get(&key).copied().unwrap_or(0);
-            let spot_penalty = if o.market == CapacityMarket::Spot { 0.5 } else { 0.25 };
+            let spot_penalty = if o.market == CapacityMarket::Spot {
+                0.5
+            } else {
+                0.25
+            };
             if used >= w.cfg.capacity_per_offering || w.fault(spot_penalty) {
                 w.faults.capacity_errors += 1;
                 errors.push((
                     o.clone(),
-                    PortError::new(ErrorKind::Capacity, "InsufficientInstanceCapacity (simulated)"),
+                    PortError::new(
+                        ErrorKind::Capacity,
+                        "InsufficientInstanceCapacity (simulated)",
+                    ),
                 ));
                 continue;
             }
@@ -256,13 +304,23 @@ impl Cloud for SimCloud {
             w.tokens.insert(req.client_token.clone(), id.clone());
             let range = w.cfg.launch_latency;
             let latency = w.between(range);
-            w.schedule(now + latency, crate::world::Event::InstanceRunning(id.clone()));
+            w.schedule(
+                now + latency,
+                crate::world::Event::InstanceRunning(id.clone()),
+            );
             return Ok(LaunchOutcome {
-                instance: Some(Launched { instance_id: id, offering: o.clone(), launched_at: now }),
+                instance: Some(Launched {
+                    instance_id: id,
+                    offering: o.clone(),
+                    launched_at: now,
+                }),
                 errors,
             });
         }
-        Ok(LaunchOutcome { instance: None, errors })
+        Ok(LaunchOutcome {
+            instance: None,
+            errors,
+        })
     }
 
     async fn list_instances(&self, fleet: &str) -> PortResult<Vec<CloudInstance>> {
@@ -273,11 +331,13 @@ impl Cloud for SimCloud {
             return Err(throttled("DescribeInstances"));
         }
         aws_fault(&mut w, "DescribeInstances")?;
-        Ok(w
-            .instances
+        Ok(w.instances
             .values()
             .filter(|i| i.tag("runfleet:fleet") == Some(fleet))
-            .filter(|i| i.gone_at.is_none_or(|g| now.saturating_sub(g) < 60 * 60 * 1000))
+            .filter(|i| {
+                i.gone_at
+                    .is_none_or(|g| now.saturating_sub(g) < 60 * 60 * 1000)
+            })
             .map(|i| CloudInstance {
                 id: i.id.clone(),
                 state: i.state,
@@ -298,11 +358,17 @@ impl Cloud for SimCloud {
         aws_fault(&mut w, "TerminateInstances")?;
         for id in instance_ids {
             let Some(inst) = w.instances.get(id) else {
-                return Err(PortError::new(ErrorKind::NotFound, format!("InvalidInstanceID.NotFound: {id}")));
+                return Err(PortError::new(
+                    ErrorKind::NotFound,
+                    format!("InvalidInstanceID.NotFound: {id}"),
+                ));
             };
             if inst.tag("runfleet:fleet") != Some(fleet) {
                 w.violations.foreign_touched += 1;
-                return Err(PortError::new(ErrorKind::Invalid, format!("{id} is not tagged runfleet:fleet={fleet}")));
+                return Err(PortError::new(
+                    ErrorKind::Invalid,
+                    format!("{id} is not tagged runfleet:fleet={fleet}"),
+                ));
             }
         }
         for id in instance_ids {
@@ -316,13 +382,20 @@ impl Cloud for SimCloud {
         count(&mut w, false, "PutParameter", true);
         let now = w.now;
         if !w.ssm_put_bucket.try_take(1, now) {
-            return Err(PortError::new(ErrorKind::Throttled, "PutParameter: ThrottlingException"));
+            return Err(PortError::new(
+                ErrorKind::Throttled,
+                "PutParameter: ThrottlingException",
+            ));
         }
         if w.fault(0.05) {
             w.faults.ssm_errors += 1;
-            return Err(PortError::new(ErrorKind::Transient, "PutParameter: InternalServerError (simulated)"));
+            return Err(PortError::new(
+                ErrorKind::Transient,
+                "PutParameter: InternalServerError (simulated)",
+            ));
         }
-        w.params.insert(param_path(fleet, instance_id), value.expose().to_string());
+        w.params
+            .insert(param_path(fleet, instance_id), value.expose().to_string());
         Ok(())
     }
 
@@ -331,7 +404,10 @@ impl Cloud for SimCloud {
         count(&mut w, false, "DeleteParameter", true);
         if w.fault(0.05) {
             w.faults.ssm_errors += 1;
-            return Err(PortError::new(ErrorKind::Transient, "DeleteParameter: InternalServerError (simulated)"));
+            return Err(PortError::new(
+                ErrorKind::Transient,
+                "DeleteParameter: InternalServerError (simulated)",
+            ));
         }
         w.params.remove(&param_path(fleet, instance_id));
         Ok(())
@@ -341,10 +417,13 @@ impl Cloud for SimCloud {
         let mut w = self.0.lock().unwrap();
         count(&mut w, false, "GetParametersByPath", false);
         let prefix = format!("/runfleet/{fleet}/instances/");
-        Ok(w
-            .params
+        Ok(w.params
             .keys()
-            .filter_map(|k| k.strip_prefix(&prefix).and_then(|r| r.strip_suffix("/jitconfig")).map(str::to_string))
+            .filter_map(|k| {
+                k.strip_prefix(&prefix)
+                    .and_then(|r| r.strip_suffix("/jitconfig"))
+                    .map(str::to_string)
+            })
             .collect())
     }
 }

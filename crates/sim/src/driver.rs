@@ -124,11 +124,19 @@ pub struct Percentiles {
 impl Percentiles {
     pub fn of(mut xs: Vec<u64>) -> Percentiles {
         if xs.is_empty() {
-            return Percentiles { p50: 0, p99: 0, max: 0 };
+            return Percentiles {
+                p50: 0,
+                p99: 0,
+                max: 0,
+            };
         }
         xs.sort_unstable();
         let at = |q: f64| xs[(((xs.len() - 1) as f64) * q).round() as usize];
-        Percentiles { p50: at(0.5), p99: at(0.99), max: *xs.last().expect("non-empty") }
+        Percentiles {
+            p50: at(0.5),
+            p99: at(0.99),
+            max: *xs.last().expect("non-empty"),
+        }
     }
 }
 
@@ -172,17 +180,59 @@ impl Summary {
                 f.push(what);
             }
         };
-        check(self.completed == self.jobs, format!("{} of {} jobs completed", self.completed, self.jobs));
-        check(self.instances_left == 0, format!("{} instances left running", self.instances_left));
-        check(self.runners_left == 0, format!("{} runners left registered", self.runners_left));
-        check(self.parameters_left == 0, format!("{} JIT parameters left in SSM", self.parameters_left));
-        check(self.orphans == 0, format!("{} launch calls not recorded in the store first", self.orphans));
-        check(self.duplicate_runs == 0, format!("{} jobs ran more than once", self.duplicate_runs));
-        check(self.jobs_lost == 0, format!("{} jobs lost their runner mid-run", self.jobs_lost));
-        check(self.foreign_touched == 0, format!("{} termination requests for another fleet's instances", self.foreign_touched));
-        check(self.foreign_alive, "another fleet's instance was terminated".to_string());
-        check(self.untagged_launches == 0, format!("{} launches without the fleet, pool and Name tags", self.untagged_launches));
-        check(!self.timed_out, "the run did not settle within the time limit".to_string());
+        check(
+            self.completed == self.jobs,
+            format!("{} of {} jobs completed", self.completed, self.jobs),
+        );
+        check(
+            self.instances_left == 0,
+            format!("{} instances left running", self.instances_left),
+        );
+        check(
+            self.runners_left == 0,
+            format!("{} runners left registered", self.runners_left),
+        );
+        check(
+            self.parameters_left == 0,
+            format!("{} JIT parameters left in SSM", self.parameters_left),
+        );
+        check(
+            self.orphans == 0,
+            format!(
+                "{} launch calls not recorded in the store first",
+                self.orphans
+            ),
+        );
+        check(
+            self.duplicate_runs == 0,
+            format!("{} jobs ran more than once", self.duplicate_runs),
+        );
+        check(
+            self.jobs_lost == 0,
+            format!("{} jobs lost their runner mid-run", self.jobs_lost),
+        );
+        check(
+            self.foreign_touched == 0,
+            format!(
+                "{} termination requests for another fleet's instances",
+                self.foreign_touched
+            ),
+        );
+        check(
+            self.foreign_alive,
+            "another fleet's instance was terminated".to_string(),
+        );
+        check(
+            self.untagged_launches == 0,
+            format!(
+                "{} launches without the fleet, pool and Name tags",
+                self.untagged_launches
+            ),
+        );
+        check(
+            !self.timed_out,
+            "the run did not settle within the time limit".to_string(),
+        );
         f
     }
 }
@@ -192,7 +242,11 @@ fn engine_opts() -> EngineOptions {
 }
 
 /// Runs a whole simulation. `on_progress` is called after every step.
-pub async fn run(opts: &SimOptions, config: Config, on_progress: &mut dyn FnMut(&Progress)) -> Result<Summary, String> {
+pub async fn run(
+    opts: &SimOptions,
+    config: Config,
+    on_progress: &mut dyn FnMut(&Progress),
+) -> Result<Summary, String> {
     let config = Arc::new(config);
     let mut wcfg = opts.world.clone();
     wcfg.seed = opts.seed;
@@ -228,14 +282,33 @@ pub async fn run(opts: &SimOptions, config: Config, on_progress: &mut dyn FnMut(
                 .map(|(l, _)| l.iter().map(|s| s.to_string()).collect())
                 .unwrap_or_default();
             let repo = w.repos[n % 3].clone();
-            let at = if opts.jobs <= 1 { 0 } else { opts.arrival_window * n as u64 / opts.jobs as u64 };
-            w.add_job(1_000_000 + n as u64, 5_000 + (n / 4) as u64, &repo, labels, at);
+            let at = if opts.jobs <= 1 {
+                0
+            } else {
+                opts.arrival_window * n as u64 / opts.jobs as u64
+            };
+            w.add_job(
+                1_000_000 + n as u64,
+                5_000 + (n / 4) as u64,
+                &repo,
+                labels,
+                at,
+            );
         }
     }
     let github: Arc<dyn GitHub> = Arc::new(SimGitHub(world.clone()));
     let cloud: Arc<dyn Cloud> = Arc::new(SimCloud(world.clone()));
     let dyn_store: Arc<dyn Store> = store.clone();
-    let new_engine = |now| Engine::new(config.clone(), github.clone(), cloud.clone(), dyn_store.clone(), engine_opts(), now);
+    let new_engine = |now| {
+        Engine::new(
+            config.clone(),
+            github.clone(),
+            cloud.clone(),
+            dyn_store.clone(),
+            engine_opts(),
+            now,
+        )
+    };
     let mut engine = new_engine(0).await.map_err(|e| e.to_string())?;
     let reconcile_every = config.server.reconcile_interval.as_millis() as Millis;
     let mut next_reconcile = 0;
@@ -249,7 +322,9 @@ pub async fn run(opts: &SimOptions, config: Config, on_progress: &mut dyn FnMut(
             w.take_due_webhooks()
         };
         for (id, ev) in &deliveries {
-            Engine::intake(&*dyn_store, id, ev).await.map_err(|e| e.to_string())?;
+            Engine::intake(&*dyn_store, id, ev)
+                .await
+                .map_err(|e| e.to_string())?;
         }
         if now >= next_reconcile {
             engine.reconcile(now).await.map_err(|e| e.to_string())?;
@@ -273,8 +348,13 @@ pub async fn run(opts: &SimOptions, config: Config, on_progress: &mut dyn FnMut(
             let booting = w
                 .instances
                 .values()
-                .filter(|i| i.tag("runfleet:fleet") == Some(config.fleet.as_str()) && !i.state.is_gone())
-                .filter(|i| i.runner.is_none_or(|r| w.runners.get(&r).is_none_or(|r| !r.online)))
+                .filter(|i| {
+                    i.tag("runfleet:fleet") == Some(config.fleet.as_str()) && !i.state.is_gone()
+                })
+                .filter(|i| {
+                    i.runner
+                        .is_none_or(|r| w.runners.get(&r).is_none_or(|r| !r.online))
+                })
                 .count();
             let launching = engine
                 .observed()
@@ -285,14 +365,19 @@ pub async fn run(opts: &SimOptions, config: Config, on_progress: &mut dyn FnMut(
             let p = Progress {
                 now,
                 jobs: opts.jobs,
-                queued: by.get("queued").copied().unwrap_or(0) + by.get("pending").copied().unwrap_or(0),
+                queued: by.get("queued").copied().unwrap_or(0)
+                    + by.get("pending").copied().unwrap_or(0),
                 launching,
                 booting,
                 running: by.get("running").copied().unwrap_or(0),
                 done: by.get("done").copied().unwrap_or(0),
                 instances_alive: alive,
             };
-            let settled = p.done == opts.jobs && alive == 0 && w.outbox.is_empty() && w.runners_named("runfleet-") == 0 && w.params_under(&config.fleet) == 0;
+            let settled = p.done == opts.jobs
+                && alive == 0
+                && w.outbox.is_empty()
+                && w.runners_named("runfleet-") == 0
+                && w.params_under(&config.fleet) == 0;
             (p, settled)
         };
         on_progress(&progress);
@@ -310,9 +395,16 @@ pub async fn run(opts: &SimOptions, config: Config, on_progress: &mut dyn FnMut(
         *terminations.entry(k.clone()).or_insert(0) += v;
     }
     let w = world.lock().unwrap();
-    let ours: Vec<_> = w.instances.values().filter(|i| i.tag("runfleet:fleet") == Some(config.fleet.as_str())).collect();
+    let ours: Vec<_> = w
+        .instances
+        .values()
+        .filter(|i| i.tag("runfleet:fleet") == Some(config.fleet.as_str()))
+        .collect();
     let busy_ms: u64 = ours.iter().map(|i| i.busy_ms).sum();
-    let alive_ms: u64 = ours.iter().map(|i| i.gone_at.unwrap_or(w.now).saturating_sub(i.launched_at)).sum();
+    let alive_ms: u64 = ours
+        .iter()
+        .map(|i| i.gone_at.unwrap_or(w.now).saturating_sub(i.launched_at))
+        .sum();
     let q2s: Vec<u64> = w
         .jobs
         .values()
@@ -322,7 +414,11 @@ pub async fn run(opts: &SimOptions, config: Config, on_progress: &mut dyn FnMut(
         seed: opts.seed,
         faults: opts.faults,
         jobs: opts.jobs,
-        completed: w.jobs.values().filter(|j| j.status == JobStatus::Completed && !j.lost).count(),
+        completed: w
+            .jobs
+            .values()
+            .filter(|j| j.status == JobStatus::Completed && !j.lost)
+            .count(),
         instances_launched: ours.len(),
         instances_left: ours.iter().filter(|i| !i.state.is_gone()).count(),
         runners_left: w.runners_named("runfleet-"),
@@ -331,7 +427,10 @@ pub async fn run(opts: &SimOptions, config: Config, on_progress: &mut dyn FnMut(
         duplicate_runs: w.jobs.values().filter(|j| j.runs > 1).count(),
         jobs_lost: w.jobs.values().filter(|j| j.lost).count(),
         foreign_touched: w.violations.foreign_touched,
-        foreign_alive: w.instances.get(&foreign).is_some_and(|i| !i.state.is_gone()),
+        foreign_alive: w
+            .instances
+            .get(&foreign)
+            .is_some_and(|i| !i.state.is_gone()),
         untagged_launches: w.violations.untagged_launches,
         queue_to_start_ms: Percentiles::of(q2s),
         wasted_instance_seconds: alive_ms.saturating_sub(busy_ms) / 1000,

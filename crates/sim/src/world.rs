@@ -125,7 +125,10 @@ pub struct SimInstance {
 
 impl SimInstance {
     pub fn tag(&self, k: &str) -> Option<&str> {
-        self.tags.iter().find(|(key, _)| key == k).map(|(_, v)| v.as_str())
+        self.tags
+            .iter()
+            .find(|(key, _)| key == k)
+            .map(|(_, v)| v.as_str())
     }
 }
 
@@ -169,6 +172,9 @@ pub struct Violations {
     pub unrecorded_launches: u64,
 }
 
+/// Answers whether a launch id is recorded in the controller's store.
+pub type RecordedCheck = Box<dyn Fn(&str) -> bool + Send>;
+
 pub struct World {
     pub cfg: WorldConfig,
     pub now: Millis,
@@ -189,7 +195,7 @@ pub struct World {
     pub calls: CallCounts,
     pub violations: Violations,
     /// Launch ids the controller's store holds (checked at each launch call).
-    pub recorded: Option<Box<dyn Fn(&str) -> bool + Send>>,
+    pub recorded: Option<RecordedCheck>,
     events: BinaryHeap<Reverse<(Millis, u64, usize)>>,
     event_slots: Vec<Option<Event>>,
     seq: u64,
@@ -232,17 +238,26 @@ impl World {
 
     /// Whether a fault of this weight fires now (never after the world healed).
     pub fn fault(&mut self, weight: f64) -> bool {
-        self.now < self.cfg.heal_at && self.cfg.faults > 0.0 && self.rng.random_bool((self.cfg.faults * weight).clamp(0.0, 1.0))
+        self.now < self.cfg.heal_at
+            && self.cfg.faults > 0.0
+            && self
+                .rng
+                .random_bool((self.cfg.faults * weight).clamp(0.0, 1.0))
     }
 
     pub fn between(&mut self, (lo, hi): (Millis, Millis)) -> Millis {
-        if hi <= lo { lo } else { self.rng.random_range(lo..=hi) }
+        if hi <= lo {
+            lo
+        } else {
+            self.rng.random_range(lo..=hi)
+        }
     }
 
     pub fn schedule(&mut self, at: Millis, ev: Event) {
         self.seq += 1;
         self.event_slots.push(Some(ev));
-        self.events.push(Reverse((at, self.seq, self.event_slots.len() - 1)));
+        self.events
+            .push(Reverse((at, self.seq, self.event_slots.len() - 1)));
     }
 
     pub fn next_event_at(&self) -> Option<Millis> {
@@ -280,7 +295,10 @@ impl World {
             id.clone(),
             SimInstance {
                 id: id.clone(),
-                tags: vec![("runfleet:fleet".into(), fleet.into()), ("runfleet:pool".into(), "linux-x64".into())],
+                tags: vec![
+                    ("runfleet:fleet".into(), fleet.into()),
+                    ("runfleet:pool".into(), "linux-x64".into()),
+                ],
                 state: InstanceState::Running,
                 launched_at: 0,
                 gone_at: None,
@@ -310,7 +328,9 @@ impl World {
     }
 
     fn webhook(&mut self, job_id: u64) {
-        let Some(j) = self.jobs.get(&job_id) else { return };
+        let Some(j) = self.jobs.get(&job_id) else {
+            return;
+        };
         let ev = JobEvent {
             job_id: j.id,
             run_id: j.run_id,
@@ -381,7 +401,9 @@ impl World {
                 self.assign();
             }
             Event::InstanceRunning(id) => {
-                let Some(inst) = self.instances.get_mut(&id) else { return };
+                let Some(inst) = self.instances.get_mut(&id) else {
+                    return;
+                };
                 if inst.state != InstanceState::Pending {
                     return;
                 }
@@ -416,7 +438,9 @@ impl World {
     }
 
     fn boot_poll(&mut self, id: &str) {
-        let Some(inst) = self.instances.get(id) else { return };
+        let Some(inst) = self.instances.get(id) else {
+            return;
+        };
         if inst.state != InstanceState::Running {
             return;
         }
@@ -457,8 +481,11 @@ impl World {
     /// GitHub hands queued jobs to idle online runners whose labels and scope fit.
     fn assign(&mut self) {
         let queued: Vec<u64> = {
-            let mut q: Vec<&SimJob> =
-                self.jobs.values().filter(|j| j.status == JobStatus::Queued && j.queued_at.is_some()).collect();
+            let mut q: Vec<&SimJob> = self
+                .jobs
+                .values()
+                .filter(|j| j.status == JobStatus::Queued && j.queued_at.is_some())
+                .collect();
             q.sort_by_key(|j| (j.queued_at, j.id));
             q.into_iter().map(|j| j.id).collect()
         };
@@ -491,7 +518,9 @@ impl World {
     }
 
     fn job_done(&mut self, job_id: u64) {
-        let Some(job) = self.jobs.get_mut(&job_id) else { return };
+        let Some(job) = self.jobs.get_mut(&job_id) else {
+            return;
+        };
         if job.status != JobStatus::InProgress {
             return;
         }
@@ -500,7 +529,11 @@ impl World {
         let started = job.started_at.unwrap_or(self.now);
         self.webhook(job_id);
         // The ephemeral runner deregisters itself and exits; the boot script powers off.
-        let rid = self.runners.values().find(|r| r.job == Some(job_id)).map(|r| r.id);
+        let rid = self
+            .runners
+            .values()
+            .find(|r| r.job == Some(job_id))
+            .map(|r| r.id);
         if let Some(rid) = rid {
             let r = self.runners.remove(&rid).expect("found");
             if let Some(iid) = r.instance
@@ -513,7 +546,9 @@ impl World {
     }
 
     fn power_off(&mut self, id: &str) {
-        let Some(inst) = self.instances.get_mut(id) else { return };
+        let Some(inst) = self.instances.get_mut(id) else {
+            return;
+        };
         if inst.state.is_gone() {
             return;
         }
@@ -556,16 +591,25 @@ impl World {
     }
 
     pub fn alive_instances(&self, fleet: &str) -> usize {
-        self.instances.values().filter(|i| i.tag("runfleet:fleet") == Some(fleet) && !i.state.is_gone()).count()
+        self.instances
+            .values()
+            .filter(|i| i.tag("runfleet:fleet") == Some(fleet) && !i.state.is_gone())
+            .count()
     }
 
     pub fn runners_named(&self, prefix: &str) -> usize {
-        self.runners.values().filter(|r| r.name.starts_with(prefix)).count()
+        self.runners
+            .values()
+            .filter(|r| r.name.starts_with(prefix))
+            .count()
     }
 
     pub fn params_under(&self, fleet: &str) -> usize {
         let prefix = format!("/runfleet/{fleet}/");
-        self.params.keys().filter(|k| k.starts_with(&prefix)).count()
+        self.params
+            .keys()
+            .filter(|k| k.starts_with(&prefix))
+            .count()
     }
 
     pub fn jobs_by_status(&self) -> BTreeMap<&'static str, usize> {

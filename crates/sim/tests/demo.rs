@@ -4,9 +4,17 @@
 use runfleet_sim::{SimOptions, Summary, demo_config, run};
 
 fn simulate(jobs: usize, seed: u64, faults: f64) -> Summary {
-    let opts = SimOptions { jobs, seed, faults, ..SimOptions::default() };
-    let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
-    rt.block_on(run(&opts, demo_config(), &mut |_| {})).expect("simulation runs")
+    let opts = SimOptions {
+        jobs,
+        seed,
+        faults,
+        ..SimOptions::default()
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    rt.block_on(run(&opts, demo_config(), &mut |_| {}))
+        .expect("simulation runs")
 }
 
 fn assert_ok(s: &Summary) {
@@ -54,7 +62,11 @@ fn faults_heal_and_every_invariant_holds() {
 fn heavy_faults_with_controller_restarts() {
     let s = simulate(150, 7, 0.4);
     assert_ok(&s);
-    assert!(s.faults_injected.controller_restarts > 0, "{:?}", s.faults_injected);
+    assert!(
+        s.faults_injected.controller_restarts > 0,
+        "{:?}",
+        s.faults_injected
+    );
     assert!(s.faults_injected.webhooks_lost > 0);
 }
 
