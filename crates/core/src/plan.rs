@@ -277,8 +277,14 @@ pub fn plan(config: &Config, obs: &Observed, now: Millis) -> Vec<Action> {
                 continue;
             }
             *count += 1;
+            // The next unused launch number (the count is kept with the job;
+            // never reuse a recorded id even if the two disagree).
+            let mut n = job.launches + 1;
+            while obs.launches.contains_key(&launch_id(&config.fleet, job.id, n)) {
+                n += 1;
+            }
             actions.push(Action::Launch(LaunchPlan {
-                id: launch_id(&config.fleet, job.id, job.launches + 1),
+                id: launch_id(&config.fleet, job.id, n),
                 pool: pool.name.clone(),
                 scope: scope.clone(),
                 job_id: Some(job.id),

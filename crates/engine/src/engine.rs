@@ -83,6 +83,43 @@ fn bump(map: &mut BTreeMap<String, BTreeMap<String, u64>>, a: &str, b: &str) {
         .or_default() += 1;
 }
 
+/// What the last contact with each dependency said: `None` = fine.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Health {
+    /// Whether each dependency has answered at least once since start.
+    pub github_reached: bool,
+    pub cloud_reached: bool,
+    pub store_reached: bool,
+    pub github_error: Option<String>,
+    pub cloud_error: Option<String>,
+    pub store_error: Option<String>,
+}
+
+impl Health {
+    fn github(&mut self, r: Result<(), &PortError>) {
+        match r {
+            Ok(()) => {
+                self.github_reached = true;
+                self.github_error = None;
+            }
+            Err(e) => self.github_error = Some(e.to_string()),
+        }
+    }
+    fn cloud(&mut self, r: Result<(), &PortError>) {
+        match r {
+            Ok(()) => {
+                self.cloud_reached = true;
+                self.cloud_error = None;
+            }
+            Err(e) => self.cloud_error = Some(e.to_string()),
+        }
+    }
+    /// Ready: every dependency reached at least once.
+    pub fn ready(&self) -> bool {
+        self.github_reached && self.cloud_reached && self.store_reached
+    }
+}
+
 enum Outcome {
     Launch {
         id: String,
@@ -117,6 +154,7 @@ pub struct Engine {
     obs: Observed,
     cursor: u64,
     stats: Stats,
+    health: Health,
     opts: EngineOptions,
     launch_bucket: TokenBucket,
     user_data: HashMap<String, Result<String, String>>,
@@ -180,6 +218,7 @@ impl Engine {
             obs,
             cursor: snap.cursor,
             stats: Stats::default(),
+            health: Health { store_reached: true, ..Health::default() },
             launch_bucket: TokenBucket::new(cap, rate, now),
             opts,
             user_data,
@@ -192,6 +231,18 @@ impl Engine {
     }
     pub fn stats(&self) -> &Stats {
         &self.stats
+    }
+    pub fn health(&self) -> &Health {
+        &self.health
+    }
+    /// Records that the store failed (readiness shows it).
+    pub fn note_store_error(&mut self, e: &PortError) {
+        self.health.store_error = Some(e.to_string());
+    }
+
+    /// The durable store this engine writes through.
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
     }
     pub fn config(&self) -> &Config {
         &self.cfg
@@ -332,6 +383,7 @@ impl Engine {
     pub async fn step(&mut self, now: Millis) -> PortResult<usize> {
         self.stats.steps += 1;
         self.pull_intake(now).await?;
+        self.health.store_error = None;
         let mut done = 0;
         for _ in 0..self.opts.max_rounds {
             let actions = plan(&self.cfg, &self.obs, now);
@@ -867,8 +919,12 @@ impl Engine {
     async fn reconcile_instances(&mut self, now: Millis, muts: &mut Vec<Mutation>) {
         let fleet = self.cfg.fleet.clone();
         let listed = match self.cloud.list_instances(&fleet).await {
-            Ok(l) => l,
+            Ok(l) => {
+                self.health.cloud(Ok(()));
+                l
+            }
             Err(e) => {
+                self.health.cloud(Err(&e));
                 self.adapter_error("list_instances", &e);
                 warn!(error = %e, "cannot list instances; keeping what is known");
                 return;
@@ -1067,6 +1123,7 @@ impl Engine {
         for repo in &repos {
             match self.github.list_queued_jobs(repo).await {
                 Ok(jobs) => {
+                    self.health.github(Ok(()));
                     listed_repos.insert(repo.to_ascii_lowercase());
                     for ev in jobs {
                         queued_seen.insert(ev.job_id);
@@ -1077,6 +1134,7 @@ impl Engine {
                     }
                 }
                 Err(e) => {
+                    self.health.github(Err(&e));
                     self.adapter_error("list_queued_jobs", &e);
                     warn!(repo = %repo, error = %e, "cannot list queued jobs");
                 }

@@ -13,8 +13,9 @@
 //! **Public boundary**: [`ports`] (the traits adapters implement),
 //! [`Engine`] (`new`, `intake`, `step`, `reconcile`), [`memstore::MemStore`].
 
+pub mod driver;
 pub mod engine;
 pub mod memstore;
 pub mod ports;
 
-pub use engine::{Engine, EngineOptions, Stats};
+pub use engine::{Engine, EngineOptions, Health, Stats};
