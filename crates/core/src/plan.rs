@@ -9,6 +9,7 @@
 //! semantics), so runners are not pinned to jobs; only their number is.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -50,8 +51,9 @@ pub struct LaunchPlan {
     pub job_id: Option<u64>,
     pub unique_label: Option<String>,
     pub name: Option<String>,
-    /// The fallback chain to walk, offerings known unavailable left out.
-    pub offerings: Vec<Offering>,
+    /// The fallback chain to walk, offerings known unavailable left out
+    /// (shared: every launch of a pool in one plan walks the same chain).
+    pub offerings: Arc<[Offering]>,
     /// Already recorded in the store: call again with the same id.
     pub resume: bool,
 }
@@ -152,25 +154,65 @@ pub fn runner_labels(pool: &PoolConfig, unique_label: Option<&str>) -> Vec<Strin
     labels
 }
 
-type Key = (String, Scope);
+/// (pool index, org scope?, repo or owner): where a runner can serve a job.
+/// Borrowed from the observations so planning allocates little.
+type Key<'a> = (usize, bool, &'a str);
+
+fn key_of_scope(pool: usize, scope: &Scope) -> Key<'_> {
+    match scope {
+        Scope::Repo(r) => (pool, false, r.as_str()),
+        Scope::Org(o) => (pool, true, o.as_str()),
+    }
+}
+
+fn key_of_job<'a>(pool: usize, cfg: &PoolConfig, repo: &'a str) -> Key<'a> {
+    match cfg.runner_scope {
+        RunnerScope::Repo => (pool, false, repo),
+        RunnerScope::Org => (pool, true, repo.split('/').next().unwrap_or(repo)),
+    }
+}
+
+fn scope_of_key(key: &Key<'_>) -> Scope {
+    if key.1 {
+        Scope::Org(key.2.to_string())
+    } else {
+        Scope::Repo(key.2.to_string())
+    }
+}
 
 /// Decides. Pure: the same inputs always give the same actions, in the same order.
 pub fn plan(config: &Config, obs: &Observed, now: Millis) -> Vec<Action> {
     let mut actions = Vec::new();
     let boot_timeout = config.server.boot_timeout.as_millis() as Millis;
     let grace = config.server.completed_grace.as_millis() as Millis;
-    let ours = |i: &&Instance| i.fleet == config.fleet;
-
-    // Demand: queued jobs by (pool, scope); unservable jobs are marked.
-    let mut demand: BTreeMap<Key, Vec<&Job>> = BTreeMap::new();
-    let failed_launch: HashMap<u64, &Launch> = obs
-        .launches
+    // This fleet's instances; the planner never looks at another's.
+    let ours: Vec<&Instance> = obs
+        .instances
         .values()
-        .filter(|l| l.state == LaunchState::Failed)
-        .filter_map(|l| l.job_id.map(|j| (j, l)))
+        .filter(|i| i.fleet == config.fleet)
         .collect();
-    for job in obs.jobs.values().filter(|j| j.state == JobState::Queued) {
-        if !config.repo_allowed(&job.repo) {
+    let alive_ours = || ours.iter().copied().filter(|i| i.alive());
+    let pool_index: HashMap<&str, usize> = config
+        .pools
+        .iter()
+        .enumerate()
+        .map(|(i, p)| (p.name.as_str(), i))
+        .collect();
+
+    // Demand: queued jobs by (pool, scope), oldest first; unservable jobs are marked.
+    let mut queued: Vec<&Job> = obs
+        .jobs
+        .values()
+        .filter(|j| j.state == JobState::Queued)
+        .collect();
+    queued.sort_by_key(|j| (j.queued_at, j.id));
+    let mut demand: HashMap<Key, Vec<&Job>> = HashMap::new();
+    let mut allowed: HashMap<&str, bool> = HashMap::new();
+    for job in queued {
+        if !*allowed
+            .entry(job.repo.as_str())
+            .or_insert_with(|| config.repo_allowed(&job.repo))
+        {
             actions.push(Action::MarkJob {
                 job_id: job.id,
                 state: JobState::Ignored,
@@ -186,10 +228,14 @@ pub fn plan(config: &Config, obs: &Observed, now: Millis) -> Vec<Action> {
             });
             continue;
         };
-        if let Some(l) = failed_launch.get(&job.id)
+        // The latest launch for it failed for good: say so instead of retrying.
+        if job.launches > 0
+            && let Some(l) = obs
+                .launches
+                .get(&launch_id(&config.fleet, job.id, job.launches))
+            && l.state == LaunchState::Failed
             && let Some((kind, msg)) = &l.error
             && kind.is_permanent()
-            && l.id == launch_id(&config.fleet, job.id, job.launches)
         {
             actions.push(Action::MarkJob {
                 job_id: job.id,
@@ -202,8 +248,9 @@ pub fn plan(config: &Config, obs: &Observed, now: Millis) -> Vec<Action> {
             });
             continue;
         }
+        let idx = pool_index[pool.name.as_str()];
         demand
-            .entry((pool.name.clone(), scope_for(pool, &job.repo)))
+            .entry(key_of_job(idx, pool, &job.repo))
             .or_default()
             .push(job);
     }
@@ -216,12 +263,12 @@ pub fn plan(config: &Config, obs: &Observed, now: Millis) -> Vec<Action> {
         .values()
         .filter(|l| l.state == LaunchState::Requested)
     {
-        *supply.entry((l.pool.clone(), l.scope.clone())).or_default() += 1;
         *alive.entry(l.pool.as_str()).or_default() += 1;
-        if !obs.in_flight.contains(&l.id)
-            && l.not_before <= now
-            && let Some(pool) = config.pool(&l.pool)
-        {
+        let Some(&idx) = pool_index.get(l.pool.as_str()) else {
+            continue;
+        };
+        *supply.entry(key_of_scope(idx, &l.scope)).or_default() += 1;
+        if !obs.in_flight.contains(&l.id) && l.not_before <= now {
             actions.push(Action::Launch(LaunchPlan {
                 id: l.id.clone(),
                 pool: l.pool.clone(),
@@ -229,47 +276,41 @@ pub fn plan(config: &Config, obs: &Observed, now: Millis) -> Vec<Action> {
                 job_id: l.job_id,
                 unique_label: l.unique_label.clone(),
                 name: l.name.clone(),
-                offerings: offerings(pool, &obs.unavailable, now),
+                offerings: offerings(&config.pools[idx], &obs.unavailable, now).into(),
                 resume: true,
             }));
         }
     }
-    for i in obs.instances.values().filter(ours).filter(|i| i.alive()) {
+    for i in alive_ours() {
         *alive.entry(i.pool.as_str()).or_default() += 1;
         if let Some(scope) = &i.scope
+            && let Some(&idx) = pool_index.get(i.pool.as_str())
             && i.terminate_requested_at.is_none()
             && !i.busy
             && i.job_done_at.is_none()
             && i.unique_label.is_none()
         {
-            *supply.entry((i.pool.clone(), scope.clone())).or_default() += 1;
+            *supply.entry(key_of_scope(idx, scope)).or_default() += 1;
         }
     }
 
     // Launches: oldest jobs first within a pool, never past max_runners.
-    let mut by_pool: BTreeMap<&str, Vec<(&Job, &Scope)>> = BTreeMap::new();
-    for ((pool, scope), jobs) in &demand {
-        let covered = supply
-            .get(&(pool.clone(), scope.clone()))
-            .copied()
-            .unwrap_or(0) as usize;
-        let mut jobs = jobs.clone();
-        jobs.sort_by_key(|j| (j.queued_at, j.id));
-        for job in jobs.into_iter().skip(covered) {
-            by_pool.entry(pool.as_str()).or_default().push((job, scope));
+    let mut by_pool: BTreeMap<usize, Vec<(&Job, Key)>> = BTreeMap::new();
+    for (key, jobs) in &demand {
+        let covered = supply.get(key).copied().unwrap_or(0) as usize;
+        for job in jobs.iter().skip(covered) {
+            by_pool.entry(key.0).or_default().push((job, *key));
         }
     }
-    for (pool_name, mut wanting) in by_pool {
-        let Some(pool) = config.pool(pool_name) else {
-            continue;
-        };
+    for (idx, mut wanting) in by_pool {
+        let pool = &config.pools[idx];
         wanting.sort_by_key(|(j, _)| (j.queued_at, j.id));
-        let chain = offerings(pool, &obs.unavailable, now);
+        let chain: Arc<[Offering]> = offerings(pool, &obs.unavailable, now).into();
         if chain.is_empty() {
             continue; // every offering is cooling down after capacity errors
         }
-        let count = alive.entry(pool_name).or_default();
-        for (job, scope) in wanting {
+        let count = alive.entry(pool.name.as_str()).or_default();
+        for (job, key) in wanting {
             if *count >= pool.max_runners {
                 break;
             }
@@ -280,13 +321,15 @@ pub fn plan(config: &Config, obs: &Observed, now: Millis) -> Vec<Action> {
             // The next unused launch number (the count is kept with the job;
             // never reuse a recorded id even if the two disagree).
             let mut n = job.launches + 1;
-            while obs.launches.contains_key(&launch_id(&config.fleet, job.id, n)) {
+            let mut id = launch_id(&config.fleet, job.id, n);
+            while obs.launches.contains_key(&id) {
                 n += 1;
+                id = launch_id(&config.fleet, job.id, n);
             }
             actions.push(Action::Launch(LaunchPlan {
-                id: launch_id(&config.fleet, job.id, n),
+                id,
                 pool: pool.name.clone(),
-                scope: scope.clone(),
+                scope: scope_of_key(&key),
                 job_id: Some(job.id),
                 unique_label: None,
                 name: None,
@@ -297,7 +340,7 @@ pub fn plan(config: &Config, obs: &Observed, now: Millis) -> Vec<Action> {
     }
 
     // Runners for instances that have none yet.
-    for i in obs.instances.values().filter(ours).filter(|i| i.alive()) {
+    for i in alive_ours() {
         if i.jit_written || i.terminate_requested_at.is_some() || obs.in_flight.contains(&i.id) {
             continue;
         }
@@ -314,30 +357,41 @@ pub fn plan(config: &Config, obs: &Observed, now: Millis) -> Vec<Action> {
         });
     }
 
-    // Terminations.
-    let runner_by_name: HashMap<&str, &Runner> =
-        obs.runners.iter().map(|r| (r.name.as_str(), r)).collect();
-    let busy_names: BTreeSet<&str> = obs
-        .runners
-        .iter()
-        .filter(|r| r.busy)
-        .map(|r| r.name.as_str())
-        .collect();
+    // Terminations. Runners are matched to instances by the instance id in
+    // their name (and the pool, which the name also carries).
+    let mut runner_of: HashMap<&str, &Runner> = HashMap::new();
+    let mut busy_instances: BTreeSet<&str> = BTreeSet::new();
+    for r in &obs.runners {
+        let Some(iid) = instance_of_runner(&r.name) else {
+            continue;
+        };
+        let Some(inst) = obs.instances.get(iid) else {
+            continue;
+        };
+        if r.name.len() != "runfleet-".len() + inst.pool.len() + 1 + iid.len()
+            || !r.name["runfleet-".len()..].starts_with(inst.pool.as_str())
+        {
+            continue; // same instance id, another pool's naming: not this runner
+        }
+        runner_of.insert(iid, r);
+        if r.busy {
+            busy_instances.insert(iid);
+        }
+    }
     let mut surplus: HashMap<Key, u32> = HashMap::new();
     for (key, n) in &supply {
         let want = demand.get(key).map_or(0, |v| v.len()) as u32;
         if *n > want {
-            surplus.insert(key.clone(), n - want);
+            surplus.insert(*key, n - want);
         }
     }
     let mut terminating: BTreeSet<&str> = BTreeSet::new();
-    for i in obs.instances.values().filter(ours).filter(|i| i.alive()) {
+    for i in alive_ours() {
         if obs.in_flight.contains(&i.id) {
             continue;
         }
-        let name = i.runner_name();
-        let runner = runner_by_name.get(name.as_str()).copied();
-        if i.busy || busy_names.contains(name.as_str()) {
+        let runner = runner_of.get(i.id.as_str()).copied();
+        if i.busy || busy_instances.contains(i.id.as_str()) {
             continue; // never under a running job
         }
         if let Some(t) = i.terminate_requested_at {
@@ -349,12 +403,14 @@ pub fn plan(config: &Config, obs: &Observed, now: Millis) -> Vec<Action> {
             continue;
         }
         let age = now.saturating_sub(i.launched_at);
-        let pool = config.pool(&i.pool);
+        let pool = pool_index
+            .get(i.pool.as_str())
+            .map(|&idx| (idx, &config.pools[idx]));
         let reason = match (pool, &i.launch_id) {
             (_, None) if age >= boot_timeout => Some(TerminateReason::Orphan),
             (_, None) => None,
             (None, Some(_)) => Some(TerminateReason::PoolRemoved),
-            (Some(pool), Some(_)) => {
+            (Some((idx, pool)), Some(_)) => {
                 if i.job_done_at
                     .is_some_and(|t| now >= t.saturating_add(grace))
                 {
@@ -366,17 +422,11 @@ pub fn plan(config: &Config, obs: &Observed, now: Millis) -> Vec<Action> {
                     && age >= boot_timeout
                 {
                     Some(TerminateReason::BootTimeout)
-                } else if let (Some(online), Some(scope), None) =
-                    (i.runner_online_at, &i.scope, i.job_done_at)
+                } else if let (Some(online), Some(scope), None, None) =
+                    (i.runner_online_at, &i.scope, i.job_done_at, &i.unique_label)
                 {
-                    let key = (i.pool.clone(), scope.clone());
-                    let spare = surplus.get_mut(&key);
-                    match spare {
-                        Some(n)
-                            if *n > 0
-                                && now.saturating_sub(online) >= grace
-                                && i.unique_label.is_none() =>
-                        {
+                    match surplus.get_mut(&key_of_scope(idx, scope)) {
+                        Some(n) if *n > 0 && now.saturating_sub(online) >= grace => {
                             *n -= 1;
                             Some(TerminateReason::Idle)
                         }
@@ -394,7 +444,7 @@ pub fn plan(config: &Config, obs: &Observed, now: Millis) -> Vec<Action> {
     }
 
     // Parameters: deleted once the runner is online or the instance is gone.
-    for i in obs.instances.values().filter(ours) {
+    for &i in &ours {
         if !i.param_present || terminating.contains(i.id.as_str()) || obs.in_flight.contains(&i.id)
         {
             continue;

@@ -13,7 +13,9 @@ use crate::Engine;
 
 /// Milliseconds since the Unix epoch, from the wall clock.
 pub fn now_ms() -> Millis {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as Millis)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as Millis)
 }
 
 /// Handles shared between the driver and intake (HTTP handlers).

@@ -218,7 +218,10 @@ impl Engine {
             obs,
             cursor: snap.cursor,
             stats: Stats::default(),
-            health: Health { store_reached: true, ..Health::default() },
+            health: Health {
+                store_reached: true,
+                ..Health::default()
+            },
             launch_bucket: TokenBucket::new(cap, rate, now),
             opts,
             user_data,
@@ -649,7 +652,7 @@ impl Engine {
             pool: pool.name.clone(),
             launch_template: pool.launch_template.clone(),
             launch_template_version: pool.launch_template_version.clone(),
-            offerings: lp.offerings.clone(),
+            offerings: lp.offerings.to_vec(),
             tags: vec![
                 (TAG_FLEET.to_string(), self.cfg.fleet.clone()),
                 (TAG_POOL.to_string(), pool.name.clone()),
