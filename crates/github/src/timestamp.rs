@@ -17,7 +17,8 @@ pub fn parse_millis(s: &str) -> Option<Millis> {
 pub fn format_millis(ms: Millis) -> String {
     let secs = i64::try_from(ms / 1000).unwrap_or(i64::MAX);
     let t = OffsetDateTime::from_unix_timestamp(secs).unwrap_or(OffsetDateTime::UNIX_EPOCH);
-    t.format(&Rfc3339).unwrap_or_else(|_| "1970-01-01T00:00:00Z".to_string())
+    t.format(&Rfc3339)
+        .unwrap_or_else(|_| "1970-01-01T00:00:00Z".to_string())
 }
 
 /// Wall-clock now in milliseconds since the epoch.
@@ -35,9 +36,18 @@ mod tests {
     #[test]
     fn parses_github_forms() {
         assert_eq!(parse_millis("1970-01-01T00:00:01Z"), Some(1000));
-        assert_eq!(parse_millis("2019-08-08T22:05:10Z"), Some(1_565_301_910_000));
-        assert_eq!(parse_millis("2021-10-18T21:46:06.000-07:00"), Some(1_634_618_766_000));
-        assert_eq!(parse_millis("2021-10-18T21:46:06.250Z"), Some(1_634_593_566_250));
+        assert_eq!(
+            parse_millis("2019-08-08T22:05:10Z"),
+            Some(1_565_301_910_000)
+        );
+        assert_eq!(
+            parse_millis("2021-10-18T21:46:06.000-07:00"),
+            Some(1_634_618_766_000)
+        );
+        assert_eq!(
+            parse_millis("2021-10-18T21:46:06.250Z"),
+            Some(1_634_593_566_250)
+        );
         assert_eq!(parse_millis("yesterday"), None);
         assert_eq!(parse_millis("1969-12-31T23:59:59Z"), None);
     }

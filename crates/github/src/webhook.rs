@@ -114,7 +114,9 @@ impl Verifier {
         let header = header.ok_or(WebhookError::MissingSignature)?.trim();
         let hex_part = header
             .strip_prefix("sha256=")
-            .ok_or(WebhookError::MalformedSignature("expected a sha256= prefix"))?;
+            .ok_or(WebhookError::MalformedSignature(
+                "expected a sha256= prefix",
+            ))?;
         if hex_part.len() != 64 {
             return Err(WebhookError::MalformedSignature("expected 64 hex digits"));
         }
@@ -136,7 +138,11 @@ impl Verifier {
 }
 
 /// One-shot [`Verifier::verify`].
-pub fn verify_signature(secret: &[u8], header: Option<&str>, body: &[u8]) -> Result<(), WebhookError> {
+pub fn verify_signature(
+    secret: &[u8],
+    header: Option<&str>,
+    body: &[u8],
+) -> Result<(), WebhookError> {
     Verifier::from_bytes(secret).verify(header, body)
 }
 
@@ -271,10 +277,15 @@ impl JobFields<'_> {
             JobStatus::InProgress => self.started_at.or(self.created_at),
             JobStatus::Completed => self.completed_at.or(self.started_at).or(self.created_at),
         };
-        let at = stamp.and_then(timestamp::parse_millis).unwrap_or(observed_at);
+        let at = stamp
+            .and_then(timestamp::parse_millis)
+            .unwrap_or(observed_at);
         let runner_name = match status {
             JobStatus::Queued => None,
-            _ => self.runner_name.filter(|n| !n.is_empty()).map(str::to_string),
+            _ => self
+                .runner_name
+                .filter(|n| !n.is_empty())
+                .map(str::to_string),
         };
         Ok(JobEvent {
             job_id: self.id,
@@ -283,7 +294,10 @@ impl JobFields<'_> {
             labels: self.labels,
             status,
             runner_name,
-            conclusion: self.conclusion.filter(|c| !c.is_empty()).map(str::to_string),
+            conclusion: self
+                .conclusion
+                .filter(|c| !c.is_empty())
+                .map(str::to_string),
             at,
         })
     }
@@ -300,7 +314,9 @@ pub fn parse_workflow_job(body: &[u8], observed_at: Millis) -> Result<JobEvent, 
         // echo the input.
         WebhookError::Json(e.to_string())
     })?;
-    let job = payload.workflow_job.ok_or(WebhookError::MissingField("workflow_job"))?;
+    let job = payload
+        .workflow_job
+        .ok_or(WebhookError::MissingField("workflow_job"))?;
     let repo = payload
         .repository
         .ok_or(WebhookError::MissingField("repository"))?
@@ -313,11 +329,20 @@ pub fn parse_workflow_job(body: &[u8], observed_at: Millis) -> Result<JobEvent, 
         });
     }
     let fields = JobFields {
-        id: job.id.ok_or(WebhookError::MissingField("workflow_job.id"))?,
-        run_id: job.run_id.ok_or(WebhookError::MissingField("workflow_job.run_id"))?,
+        id: job
+            .id
+            .ok_or(WebhookError::MissingField("workflow_job.id"))?,
+        run_id: job
+            .run_id
+            .ok_or(WebhookError::MissingField("workflow_job.run_id"))?,
         repo: repo.into_owned(),
-        status: job.status.as_deref().ok_or(WebhookError::MissingField("workflow_job.status"))?,
-        labels: job.labels.ok_or(WebhookError::MissingField("workflow_job.labels"))?,
+        status: job
+            .status
+            .as_deref()
+            .ok_or(WebhookError::MissingField("workflow_job.status"))?,
+        labels: job
+            .labels
+            .ok_or(WebhookError::MissingField("workflow_job.labels"))?,
         runner_name: job.runner_name.as_deref(),
         conclusion: job.conclusion.as_deref(),
         created_at: job.created_at.as_deref(),
@@ -342,7 +367,8 @@ pub fn valid_name(s: &str) -> bool {
         && s.len() <= 100
         && s != "."
         && s != ".."
-        && s.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
 }
 
 #[cfg(test)]
@@ -355,7 +381,10 @@ mod tests {
         let expected = "sha256=757107ea0eb2509fc211221cce984b8a37570b6d7586c22c46f4379c8b043e17";
         assert_eq!(v.sign(b"Hello, World!"), expected);
         assert_eq!(v.verify(Some(expected), b"Hello, World!"), Ok(()));
-        assert_eq!(v.verify(Some(expected), b"Hello, World?"), Err(WebhookError::BadSignature));
+        assert_eq!(
+            v.verify(Some(expected), b"Hello, World?"),
+            Err(WebhookError::BadSignature)
+        );
     }
 
     #[test]
