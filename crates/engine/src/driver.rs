@@ -52,7 +52,7 @@ pub async fn drive(
     mut engine: Engine,
     waker: Waker,
     mut shutdown: watch::Receiver<bool>,
-    mut publish: impl FnMut(&Engine) + Send,
+    mut publish: impl FnMut(&mut Engine) + Send,
 ) -> Engine {
     let interval = engine.config().server.reconcile_interval.as_millis() as Millis;
     let mut next_reconcile = 0;
@@ -72,7 +72,7 @@ pub async fn drive(
             error!(error = %e, "step failed");
             engine.note_store_error(&e);
         }
-        publish(&engine);
+        publish(&mut engine);
         tokio::select! {
             _ = waker.woken() => {}
             _ = tokio::time::sleep(TICK) => {}

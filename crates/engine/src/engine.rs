@@ -238,6 +238,17 @@ impl Engine {
     pub fn health(&self) -> &Health {
         &self.health
     }
+    /// Takes the queued -> started samples recorded since the last call.
+    pub fn drain_queue_to_start(&mut self) -> Vec<u64> {
+        std::mem::take(&mut self.stats.queue_to_start_ms)
+    }
+    pub fn github(&self) -> &Arc<dyn GitHub> {
+        &self.github
+    }
+    pub fn cloud(&self) -> &Arc<dyn Cloud> {
+        &self.cloud
+    }
+
     /// Records that the store failed (readiness shows it).
     pub fn note_store_error(&mut self, e: &PortError) {
         self.health.store_error = Some(e.to_string());

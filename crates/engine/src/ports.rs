@@ -65,6 +65,10 @@ pub trait GitHub: Send + Sync {
     async fn get_job(&self, repo: &str, job_id: u64) -> PortResult<JobEvent>;
     /// The repositories of an owner that runfleet may serve (expands `owner/*`).
     async fn list_repos(&self, owner: &str) -> PortResult<Vec<String>>;
+    /// Requests sent so far, per endpoint, for metrics.
+    fn request_counts(&self) -> Vec<(String, u64)> {
+        Vec::new()
+    }
 }
 
 /// One launch call: one instance, from a pool's launch template, trying the
@@ -139,6 +143,10 @@ pub trait Cloud: Send + Sync {
     async fn delete_jit(&self, fleet: &str, instance_id: &str) -> PortResult<()>;
     /// Instance ids that have a parameter under the fleet's prefix.
     async fn list_jit(&self, fleet: &str) -> PortResult<Vec<String>>;
+    /// Requests sent so far, per API operation (`RunInstances`, ...), for metrics.
+    fn request_counts(&self) -> Vec<(String, u64)> {
+        Vec::new()
+    }
 }
 
 /// A timeline entry for one job or instance.
