@@ -1,0 +1,180 @@
+//! The real `runfleet` binary, black-box.
+
+use std::process::{Command, Output};
+
+fn runfleet(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_runfleet"))
+        .args(args)
+        .env_remove("RUNFLEET_CONFIG")
+        .output()
+        .expect("the binary runs")
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+#[test]
+fn demo_json_summary_holds_every_invariant() {
+    let o = runfleet(&["demo", "--jobs", "60", "--seed", "3", "--json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value =
+        serde_json::from_slice(&o.stdout).expect("one JSON object on stdout");
+    assert_eq!(v["jobs"], 60);
+    assert_eq!(v["completed"], 60);
+    assert_eq!(v["instances_left"], 0);
+    assert_eq!(v["runners_left"], 0);
+    assert_eq!(v["orphans"], 0);
+    assert_eq!(v["duplicate_runs"], 0);
+    assert!(v["instances_launched"].as_u64().unwrap() >= 60);
+    for k in ["p50", "p99", "max"] {
+        assert!(
+            v["queue_to_start_ms"][k].as_u64().is_some(),
+            "queue_to_start_ms.{k}"
+        );
+    }
+    assert!(v["queue_to_start_ms"]["p50"].as_u64() <= v["queue_to_start_ms"]["max"].as_u64());
+}
+
+#[test]
+fn demo_with_faults_still_exits_zero() {
+    let o = runfleet(&[
+        "demo", "--jobs", "80", "--seed", "1", "--faults", "0.1", "--json",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["completed"], 80);
+    assert_eq!(v["ok"], true);
+}
+
+#[test]
+fn demo_human_summary_on_stdout() {
+    let o = runfleet(&["demo", "--jobs", "20"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(out.contains("completed            20/20"), "{out}");
+    assert!(out.contains("ok: every invariant held"), "{out}");
+}
+
+#[test]
+fn bad_demo_flags_are_one_line_errors() {
+    let o = runfleet(&["demo", "--faults", "2"]);
+    assert_eq!(o.status.code(), Some(1));
+    let e = stderr(&o);
+    assert_eq!(e.trim().lines().count(), 1, "{e}");
+    assert!(e.contains("--faults must be between 0 and 1"), "{e}");
+}
+
+fn write(name: &str, text: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("runfleet-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let p = dir.join(name);
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+const GOOD: &str = r#"
+fleet = "acme-ci"
+[github]
+token = "ghp_not_a_real_token"
+webhook_secret = "s3cret"
+repos = ["acme/app"]
+[aws]
+region = "eu-west-2"
+[[pool]]
+name = "linux-x64"
+labels = ["self-hosted", "linux", "x64"]
+launch_template = "lt-0123456789abcdef0"
+instance_types = ["m7i.large"]
+"#;
+
+#[test]
+fn config_validate_accepts_a_good_file() {
+    let p = write("good.toml", GOOD);
+    let o = runfleet(&["config", "validate", "--config", p.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(out.contains("valid") && out.contains("linux-x64"), "{out}");
+    assert!(!out.contains("ghp_not_a_real_token") && !out.contains("s3cret"));
+}
+
+#[test]
+fn config_validate_names_the_key_and_line() {
+    let cases = [
+        (
+            "unknown.toml",
+            GOOD.replace("instance_types", "instnce_types"),
+            "instnce_types",
+            "line 13",
+        ),
+        (
+            "dup.toml",
+            format!(
+                "{GOOD}\n[[pool]]\nname = \"linux-x64\"\nlabels = [\"a\"]\nlaunch_template = \"lt-1\"\ninstance_types = [\"m5.large\"]\n"
+            ),
+            "pool[1].name",
+            "line",
+        ),
+        (
+            "nolabels.toml",
+            GOOD.replace(
+                "labels = [\"self-hosted\", \"linux\", \"x64\"]",
+                "labels = []",
+            ),
+            "pool[0].labels",
+            "line 11",
+        ),
+        (
+            "duration.toml",
+            GOOD.replace(
+                "[github]",
+                "[server]\nboot_timeout = \"10 minutes\"\n[github]",
+            ),
+            "server.boot_timeout",
+            "line 4",
+        ),
+        (
+            "file.toml",
+            GOOD.replace(
+                "\"ghp_not_a_real_token\"",
+                "\"file:/nonexistent/runfleet/token\"",
+            ),
+            "github.token",
+            "/nonexistent/runfleet/token",
+        ),
+        (
+            "type.toml",
+            GOOD.replace(
+                "instance_types = [\"m7i.large\"]",
+                "instance_types = [\"m7i.large\"]\nmax_runners = \"many\"",
+            ),
+            "max_runners",
+            "line",
+        ),
+    ];
+    for (name, text, key, more) in cases {
+        let p = write(name, &text);
+        let o = runfleet(&["config", "validate", "--config", p.to_str().unwrap()]);
+        assert_eq!(o.status.code(), Some(1), "{name}: {}", stderr(&o));
+        let e = stderr(&o);
+        assert_eq!(e.trim().lines().count(), 1, "{name}: one line: {e}");
+        assert!(e.contains(key) && e.contains(more), "{name}: {e}");
+        assert!(!e.contains("panicked"), "{name}: {e}");
+    }
+}
+
+#[test]
+fn missing_config_file_is_a_clear_error() {
+    let o = runfleet(&[
+        "config",
+        "validate",
+        "--config",
+        "/nonexistent/runfleet.toml",
+    ]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr(&o).contains("cannot read config /nonexistent/runfleet.toml"),
+        "{}",
+        stderr(&o)
+    );
+}
