@@ -146,6 +146,8 @@ fn init_logs(format: Option<LogFormat>, default_filter: &str) {
 }
 
 mod demo;
+mod serve;
+mod status;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -192,12 +194,12 @@ fn run(cli: Cli) -> Result<ExitCode> {
             );
             Ok(ExitCode::SUCCESS)
         }
-        Command::Serve => not_built("serve", 6),
+        Command::Serve => serve::run(load_config(&cli.config)?),
         Command::Launch { .. } => not_built("launch", 7),
         Command::Start { .. } => not_built("start", 7),
         Command::Check => not_built("check", 5),
         Command::Reap { .. } => not_built("reap", 5),
-        Command::Status { .. } => not_built("status", 6),
+        Command::Status { json } => status::run(load_config(&cli.config)?, json),
     }
 }
 

@@ -68,6 +68,9 @@ pub struct View {
     pub failures: Vec<FailureView>,
     pub health: Health,
     pub published: bool,
+    /// Reconciles and steps since start (tests and operators can wait on these).
+    pub reconciles: u64,
+    pub steps: u64,
 }
 
 impl View {
@@ -168,6 +171,8 @@ impl View {
             failures,
             health: engine.health().clone(),
             published: true,
+            reconciles: engine.stats().reconciles,
+            steps: engine.stats().steps,
         }
     }
 }

@@ -1,0 +1,373 @@
+//! `runfleet serve` black-box: the real binary on a free port, against the
+//! project's fake GitHub and a real moto server, all on 127.0.0.1.
+
+#[path = "../../aws/tests/common/mod.rs"]
+#[allow(dead_code)]
+mod aws;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use runfleet_github::fake::FakeGitHub;
+
+const SECRET: &str = "webhook-secret-for-tests";
+const LINUX: &[&str] = &["self-hosted", "linux", "x64"];
+
+struct Env {
+    moto: aws::Moto,
+    world: aws::World,
+    fake: FakeGitHub,
+    dir: std::path::PathBuf,
+    fleet: String,
+}
+
+struct Serve {
+    child: Child,
+    url: String,
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn env(name: &str) -> Option<Env> {
+    let moto = aws::Moto::start(name)?;
+    let world = aws::World::create(&aws::sdk_config(&moto.url), name).await;
+    let fake = FakeGitHub::start().await;
+    fake.add_org("acme");
+    fake.add_repo("acme/app");
+    let dir = std::env::temp_dir().join(format!("runfleet-serve-{name}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    Some(Env {
+        moto,
+        world,
+        fake,
+        dir,
+        fleet: format!("t-{name}"),
+    })
+}
+
+impl Env {
+    fn config(&self, boot_timeout: &str) -> std::path::PathBuf {
+        let text = format!(
+            r#"
+fleet = "{fleet}"
+[server]
+listen = "127.0.0.1:0"
+store = "sqlite://{dir}/runfleet.db"
+reconcile_interval = "2s"
+completed_grace = "1s"
+boot_timeout = "{boot_timeout}"
+[github]
+api_url = "{api}"
+token = "env:TEST_GITHUB_TOKEN"
+webhook_secret = "env:TEST_WEBHOOK_SECRET"
+repos = ["acme/app"]
+[aws]
+region = "us-east-1"
+[[pool]]
+name = "linux-x64"
+labels = ["self-hosted", "linux", "x64"]
+launch_template = "{lt}"
+instance_types = ["t3.micro", "t3.small"]
+subnets = ["{s0}", "{s1}"]
+max_runners = 3
+"#,
+            fleet = self.fleet,
+            dir = self.dir.display(),
+            api = self.fake.url(),
+            lt = self.world.template_id,
+            s0 = self.world.subnets[0],
+            s1 = self.world.subnets[1],
+        );
+        let p = self.dir.join("runfleet.toml");
+        std::fs::write(&p, text).unwrap();
+        p
+    }
+
+    fn serve(&self, config: &std::path::Path) -> Serve {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_runfleet"))
+            .args([
+                "serve",
+                "--config",
+                config.to_str().unwrap(),
+                "--log-format",
+                "json",
+            ])
+            .env(
+                "TEST_GITHUB_TOKEN",
+                self.fake.pat().expect("the fake has a PAT"),
+            )
+            .env("TEST_WEBHOOK_SECRET", SECRET)
+            .env("AWS_ENDPOINT_URL", &self.moto.url)
+            .env("AWS_ACCESS_KEY_ID", "AKIDRUNFLEETTEST")
+            .env("AWS_SECRET_ACCESS_KEY", "not-a-secret")
+            .env("AWS_REGION", "us-east-1")
+            .env("AWS_EC2_METADATA_DISABLED", "true")
+            .env("RUNFLEET_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("runfleet starts");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .expect("first stdout line");
+        let v: serde_json::Value =
+            serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line:?}"));
+        let url = format!(
+            "http://{}",
+            v["listening"].as_str().expect("listening address")
+        );
+        self.fake.set_webhook(&format!("{url}/webhook"), SECRET);
+        Serve { child, url }
+    }
+
+    async fn ours(&self) -> Vec<(String, String)> {
+        self.world
+            .instances_tagged("runfleet:fleet", &self.fleet)
+            .await
+    }
+
+    async fn alive(&self) -> usize {
+        self.ours()
+            .await
+            .iter()
+            .filter(|(_, s)| s == "pending" || s == "running")
+            .count()
+    }
+
+    async fn param(&self, instance_id: &str) -> Option<String> {
+        let name = format!("/runfleet/{}/instances/{instance_id}/jitconfig", self.fleet);
+        let out = self
+            .world
+            .ssm
+            .get_parameter()
+            .name(name)
+            .with_decryption(true)
+            .send()
+            .await
+            .ok()?;
+        out.parameter()?.value().map(str::to_string)
+    }
+}
+
+impl Serve {
+    async fn reconciles(&self) -> u64 {
+        let v: serde_json::Value = reqwest::get(format!("{}/status.json", self.url))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        v["reconciles"].as_u64().unwrap()
+    }
+
+    /// Waits until the service has compared GitHub and EC2 with its store
+    /// `n` more times: whatever it would still launch, it has launched.
+    async fn reconciled(&self, n: u64) {
+        let start = self.reconciles().await;
+        until("reconciles", || async {
+            self.reconciles().await >= start + n
+        })
+        .await;
+    }
+}
+
+/// Polls until `cond` holds or 30 s pass; the service reacts in milliseconds
+/// to webhooks and within a reconcile interval (2 s) otherwise.
+async fn until<F, Fut>(what: &str, mut cond: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !cond().await {
+        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_webhook_launches_one_tagged_instance_and_a_completed_job_cleans_up() {
+    let Some(e) = env("lifecycle").await else {
+        return;
+    };
+    let serve = e.serve(&e.config("10m"));
+    let job = e.fake.queue_job("acme/app", LINUX, true).await;
+    until("one instance", || async { e.alive().await == 1 }).await;
+    let (id, _) = e.ours().await.remove(0);
+    until("the JIT config in SSM", || async {
+        e.param(&id).await.is_some()
+    })
+    .await;
+    let tags = e
+        .world
+        .ec2
+        .describe_tags()
+        .filters(
+            aws_sdk_ec2::types::Filter::builder()
+                .name("resource-id")
+                .values(&id)
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap();
+    let tag = |k: &str| {
+        tags.tags()
+            .iter()
+            .find(|t| t.key() == Some(k))
+            .and_then(|t| t.value())
+            .map(str::to_string)
+    };
+    assert_eq!(tag("runfleet:pool").as_deref(), Some("linux-x64"));
+    assert_eq!(tag("Name").as_deref(), Some("runfleet-linux-x64"));
+
+    // The instance boots and its runner takes the job, which completes.
+    let jit = e.param(&id).await.unwrap();
+    e.fake
+        .connect_jit(&jit)
+        .await
+        .expect("the JIT config names a runner");
+    let runner = format!("runfleet-linux-x64-{id}");
+    e.fake.start_job(job.job_id, &runner).await.unwrap();
+    until(
+        "the parameter deleted once the runner is online",
+        || async { e.param(&id).await.is_none() },
+    )
+    .await;
+    e.fake.complete_job(job.job_id, "success").await.unwrap();
+    until("the instance terminated after completed_grace", || async {
+        e.alive().await == 0
+    })
+    .await;
+    assert_eq!(e.ours().await.len(), 1, "never a second instance");
+    let page = reqwest::get(format!("{}/", serve.url))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(page.contains("runfleet"), "status page serves");
+    assert!(!page.contains(&jit) && !page.contains(SECRET));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_job_queued_without_webhook_is_found_by_reconcile() {
+    let Some(e) = env("poll").await else { return };
+    let _serve = e.serve(&e.config("10m"));
+    e.fake.queue_job("acme/app", LINUX, false).await;
+    until("an instance for the job nobody announced", || async {
+        e.alive().await == 1
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn max_runners_is_never_exceeded() {
+    let Some(e) = env("cap").await else { return };
+    let serve = e.serve(&e.config("10m"));
+    for _ in 0..6 {
+        e.fake.queue_job("acme/app", LINUX, true).await;
+    }
+    until("three instances", || async { e.alive().await == 3 }).await;
+    // Two reconciles later there are still three (max_runners = 3).
+    serve.reconciled(2).await;
+    assert_eq!(e.ours().await.len(), 3);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn orphans_of_this_fleet_are_terminated_and_other_fleets_are_not() {
+    let Some(e) = env("orphans").await else {
+        return;
+    };
+    let run = |fleet: &str| {
+        let tags = aws_sdk_ec2::types::TagSpecification::builder()
+            .resource_type(aws_sdk_ec2::types::ResourceType::Instance)
+            .tags(
+                aws_sdk_ec2::types::Tag::builder()
+                    .key("runfleet:fleet")
+                    .value(fleet)
+                    .build(),
+            )
+            .tags(
+                aws_sdk_ec2::types::Tag::builder()
+                    .key("runfleet:pool")
+                    .value("linux-x64")
+                    .build(),
+            )
+            .build();
+        e.world
+            .ec2
+            .run_instances()
+            .image_id(&e.world.ami)
+            .min_count(1)
+            .max_count(1)
+            .tag_specifications(tags)
+            .send()
+    };
+    let mine = run(&e.fleet).await.unwrap().instances()[0]
+        .instance_id()
+        .unwrap()
+        .to_string();
+    let theirs = run("another-fleet").await.unwrap().instances()[0]
+        .instance_id()
+        .unwrap()
+        .to_string();
+    let _serve = e.serve(&e.config("3s"));
+    until("the orphan terminated", || async { e.alive().await == 0 }).await;
+    assert!(e.ours().await.iter().any(|(id, _)| id == &mine));
+    let other = e
+        .world
+        .instances_tagged("runfleet:fleet", "another-fleet")
+        .await;
+    assert_eq!(
+        other,
+        vec![(theirs, "running".to_string())],
+        "another fleet's instance untouched"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn kill_9_and_restart_launches_each_accepted_job_once() {
+    let Some(e) = env("kill9").await else { return };
+    let config = e.config("10m");
+    let serve = e.serve(&config);
+    let http = reqwest::Client::new();
+    for n in 0..3u64 {
+        let body = serde_json::json!({
+            "action": "queued",
+            "workflow_job": {"id": 9000 + n, "run_id": 90, "status": "queued", "labels": LINUX, "runner_name": null, "created_at": "2026-11-23T10:00:00Z"},
+            "repository": {"full_name": "acme/app"}
+        })
+        .to_string();
+        let r = http
+            .post(format!("{}/webhook", serve.url))
+            .header("content-type", "application/json")
+            .header("x-github-event", "workflow_job")
+            .header("x-github-delivery", format!("kill9-{n}"))
+            .header(
+                "x-hub-signature-256",
+                runfleet_github::webhook::sign(SECRET.as_bytes(), body.as_bytes()),
+            )
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 202);
+    }
+    drop(serve); // SIGKILL right after the acknowledgements
+    let again = e.serve(&config);
+    until("three instances", || async { e.alive().await == 3 }).await;
+    again.reconciled(2).await;
+    assert_eq!(
+        e.ours().await.len(),
+        3,
+        "each accepted job got exactly one instance"
+    );
+}
