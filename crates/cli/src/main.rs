@@ -146,6 +146,7 @@ fn init_logs(format: Option<LogFormat>, default_filter: &str) {
 }
 
 mod demo;
+mod ops;
 mod serve;
 mod status;
 
@@ -197,8 +198,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Serve => serve::run(load_config(&cli.config)?),
         Command::Launch { .. } => not_built("launch", 7),
         Command::Start { .. } => not_built("start", 7),
-        Command::Check => not_built("check", 5),
-        Command::Reap { .. } => not_built("reap", 5),
+        Command::Check => ops::check(load_config(&cli.config)?),
+        Command::Reap { dry_run } => ops::reap(load_config(&cli.config)?, dry_run),
         Command::Status { json } => status::run(load_config(&cli.config)?, json),
     }
 }

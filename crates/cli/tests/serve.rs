@@ -127,6 +127,25 @@ max_runners = 3
         Serve { child, url }
     }
 
+    /// Runs a one-shot command (`check`, `reap`, `status`) with the same environment.
+    fn command(&self, args: &[&str], config: &std::path::Path) -> std::process::Output {
+        Command::new(env!("CARGO_BIN_EXE_runfleet"))
+            .args(args)
+            .args(["--config", config.to_str().unwrap()])
+            .env(
+                "TEST_GITHUB_TOKEN",
+                self.fake.pat().expect("the fake has a PAT"),
+            )
+            .env("TEST_WEBHOOK_SECRET", SECRET)
+            .env("AWS_ENDPOINT_URL", &self.moto.url)
+            .env("AWS_ACCESS_KEY_ID", "AKIDRUNFLEETTEST")
+            .env("AWS_SECRET_ACCESS_KEY", "not-a-secret")
+            .env("AWS_REGION", "us-east-1")
+            .env("AWS_EC2_METADATA_DISABLED", "true")
+            .output()
+            .expect("runfleet runs")
+    }
+
     async fn ours(&self) -> Vec<(String, String)> {
         self.world
             .instances_tagged("runfleet:fleet", &self.fleet)
@@ -369,5 +388,90 @@ async fn kill_9_and_restart_launches_each_accepted_job_once() {
         e.ours().await.len(),
         3,
         "each accepted job got exactly one instance"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn check_passes_with_full_rights() {
+    let Some(e) = env("check").await else { return };
+    let out = e.command(&["check"], &e.config("10m"));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("0 failing"), "{stdout}");
+    assert!(stdout.contains("github: runners of acme/app"), "{stdout}");
+    assert!(
+        !stdout.contains(&e.fake.pat().unwrap()),
+        "no token in the table"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn reap_dry_run_lists_and_reap_terminates_only_this_fleets_orphans() {
+    let Some(e) = env("reap").await else { return };
+    let run = |fleet: &str| {
+        let tags = aws_sdk_ec2::types::TagSpecification::builder()
+            .resource_type(aws_sdk_ec2::types::ResourceType::Instance)
+            .tags(
+                aws_sdk_ec2::types::Tag::builder()
+                    .key("runfleet:fleet")
+                    .value(fleet)
+                    .build(),
+            )
+            .tags(
+                aws_sdk_ec2::types::Tag::builder()
+                    .key("runfleet:pool")
+                    .value("linux-x64")
+                    .build(),
+            )
+            .build();
+        e.world
+            .ec2
+            .run_instances()
+            .image_id(&e.world.ami)
+            .min_count(1)
+            .max_count(1)
+            .tag_specifications(tags)
+            .send()
+    };
+    let mine = run(&e.fleet).await.unwrap().instances()[0]
+        .instance_id()
+        .unwrap()
+        .to_string();
+    let theirs = run("another-fleet").await.unwrap().instances()[0]
+        .instance_id()
+        .unwrap()
+        .to_string();
+    // boot_timeout 1s: the unknown instance is an orphan as soon as it is a second old.
+    let config = e.config("1s");
+    until("the orphan older than boot_timeout", || async {
+        let out = e.command(&["reap", "--dry-run"], &config);
+        String::from_utf8_lossy(&out.stdout).contains(&format!("would terminate {mine}"))
+    })
+    .await;
+    assert_eq!(e.alive().await, 1, "a dry run changes nothing");
+    let out = e.command(&["reap"], &config);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains(&format!("terminate {mine}")) && !stdout.contains(&theirs),
+        "{stdout}"
+    );
+    assert_eq!(e.alive().await, 0);
+    let other = e
+        .world
+        .instances_tagged("runfleet:fleet", "another-fleet")
+        .await;
+    assert_eq!(
+        other,
+        vec![(theirs, "running".to_string())],
+        "another fleet's instance untouched"
     );
 }

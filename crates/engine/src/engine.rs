@@ -45,6 +45,12 @@ pub struct EngineOptions {
     pub launch_bucket: (u32, f64),
     /// Plan/execute rounds per step at most.
     pub max_rounds: usize,
+    /// List runners in every scope the config can use (each allowed
+    /// repository, each owner with an org-scoped pool), not only in the
+    /// scopes of known instances: finds a busy runner on an instance the
+    /// store does not know. One request per repository per reconcile, so
+    /// `reap` uses it and `serve` does not.
+    pub list_all_scopes: bool,
 }
 
 impl Default for EngineOptions {
@@ -53,6 +59,7 @@ impl Default for EngineOptions {
             concurrency: 16,
             launch_bucket: (5, 2.0),
             max_rounds: 6,
+            list_all_scopes: false,
         }
     }
 }
@@ -391,6 +398,21 @@ impl Engine {
         if *inst != before {
             inst_touched.insert(inst.id.clone());
         }
+    }
+
+    /// What the planner would do now, without doing it.
+    pub fn plan(&self, now: Millis) -> Vec<Action> {
+        plan(&self.cfg, &self.obs, now)
+    }
+
+    /// Executes chosen actions (from [`Engine::plan`]) once; returns how
+    /// many succeeded.
+    pub async fn execute_actions(
+        &mut self,
+        actions: Vec<Action>,
+        now: Millis,
+    ) -> PortResult<usize> {
+        self.execute(actions, now).await
     }
 
     /// Plans and executes until there is nothing left to do right now.
@@ -1028,12 +1050,19 @@ impl Engine {
     }
 
     async fn reconcile_runners(&mut self, now: Millis, muts: &mut Vec<Mutation>) {
-        let scopes: BTreeSet<Scope> = self
+        let mut scopes: BTreeSet<Scope> = self
             .obs
             .instances
             .values()
             .filter_map(|i| i.scope.clone())
             .collect();
+        if self.opts.list_all_scopes {
+            for repo in self.allowed_repos(now).await {
+                for pool in &self.cfg.pools {
+                    scopes.insert(runfleet_core::plan::scope_for(pool, &repo));
+                }
+            }
+        }
         let mut fresh = Vec::new();
         let mut listed: BTreeSet<Scope> = BTreeSet::new();
         for scope in scopes {
