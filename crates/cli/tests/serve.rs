@@ -1,8 +1,8 @@
 //! `runfleet serve` black-box: the real binary on a free port, against the
 //! project's fake GitHub and a real moto server, all on 127.0.0.1.
 
+/// The AWS adapter's moto harness (server on a free port, VPC, launch template).
 #[path = "../../aws/tests/common/mod.rs"]
-#[allow(dead_code)]
 mod aws;
 
 use std::io::{BufRead, BufReader};
