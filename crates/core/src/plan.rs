@@ -294,10 +294,32 @@ pub fn plan(config: &Config, obs: &Observed, now: Millis) -> Vec<Action> {
         }
     }
 
+    // Which jobs have a runner of their own coming: supply covers those
+    // first, so a new launch is made (and named) for a job that has none.
+    let mut own: BTreeSet<u64> = obs
+        .launches
+        .values()
+        .filter(|l| l.state == LaunchState::Requested)
+        .filter_map(|l| l.job_id)
+        .collect();
+    for i in alive_ours() {
+        if i.terminate_requested_at.is_none()
+            && !i.busy
+            && i.job_done_at.is_none()
+            && let Some(l) = i.launch_id.as_ref().and_then(|id| obs.launches.get(id))
+            && let Some(j) = l.job_id
+        {
+            own.insert(j);
+        }
+    }
+
     // Launches: oldest jobs first within a pool, never past max_runners.
     let mut by_pool: BTreeMap<usize, Vec<(&Job, Key)>> = BTreeMap::new();
-    for (key, jobs) in &demand {
+    for (key, jobs) in &mut demand {
         let covered = supply.get(key).copied().unwrap_or(0) as usize;
+        if covered > 0 {
+            jobs.sort_by_key(|j| (!own.contains(&j.id), j.queued_at, j.id));
+        }
         for job in jobs.iter().skip(covered) {
             by_pool.entry(key.0).or_default().push((job, *key));
         }

@@ -340,3 +340,46 @@ fn unmatched_and_foreign_repo_jobs_are_ignored_with_a_reason() {
         );
     }
 }
+
+#[test]
+fn a_new_launch_goes_to_the_job_without_one() {
+    // Job 2 was stored after job 3 (webhooks race); job 3 already has its launch.
+    let cfg = config([10, 1, 1], false);
+    let mut obs = Observed::default();
+    for id in [2u64, 3] {
+        let ev = JobEvent {
+            job_id: id,
+            run_id: 1,
+            repo: "acme/app".into(),
+            labels: strings(LABELS[0]),
+            status: JobStatus::Queued,
+            runner_name: None,
+            conclusion: None,
+            at: 0,
+        };
+        obs.jobs.insert(id, Job::new(&ev));
+    }
+    obs.jobs.get_mut(&3).unwrap().launches = 1;
+    let l = Launch {
+        id: "ours-j3-1".into(),
+        pool: "linux-x64".into(),
+        scope: Scope::Repo("acme/app".into()),
+        job_id: Some(3),
+        unique_label: None,
+        name: None,
+        state: LaunchState::Requested,
+        requested_at: 0,
+        instance_id: None,
+        error: None,
+        not_before: u64::MAX,
+    };
+    obs.launches.insert(l.id.clone(), l);
+    let launches: Vec<String> = plan(&cfg, &obs, 10)
+        .into_iter()
+        .filter_map(|a| match a {
+            Action::Launch(lp) if !lp.resume => Some(lp.id),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(launches, vec!["ours-j2-1".to_string()]);
+}

@@ -1136,6 +1136,9 @@ impl Engine {
             return repos.clone();
         }
         let mut out = BTreeSet::new();
+        if self.cfg.github.repos.is_none() {
+            warn!("github.repos is absent: polling needs a repository list (webhooks still work)");
+        }
         let patterns = self.cfg.github.repos.clone().unwrap_or_default();
         let mut complete = true;
         for p in patterns {

@@ -1,0 +1,139 @@
+//! Webhook intake under load, in process on loopback, with the SQLite store:
+//! 202 latency at a fixed delivery rate, and the time from a queued webhook
+//! to the launch call reaching the (simulated) cloud.
+//!
+//! `cargo bench -p runfleet-server --bench intake [-- RATE SECONDS]`
+//! (defaults: 500 deliveries/s for 4 s). Prints a table.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use runfleet_core::config::Secret;
+use runfleet_engine::driver::now_ms;
+use runfleet_engine::ports::{Cloud, CloudInstance, LaunchOutcome, LaunchRequest, PortResult};
+use runfleet_engine::{Engine, EngineOptions};
+use runfleet_sim::adapters::{SimCloud, SimGitHub};
+use runfleet_sim::world::{World, WorldConfig};
+
+/// The simulated cloud, noting when each launch call arrives (by job id).
+struct Timed {
+    inner: SimCloud,
+    calls: Mutex<HashMap<u64, Instant>>,
+}
+
+#[async_trait]
+impl Cloud for Timed {
+    async fn launch(&self, req: &LaunchRequest) -> PortResult<LaunchOutcome> {
+        // Launch ids are `<fleet>-j<job>-<n>`.
+        if let Some(job) = req.client_token.split("-j").nth(1).and_then(|r| r.split('-').next()).and_then(|j| j.parse().ok()) {
+            self.calls.lock().unwrap().entry(job).or_insert_with(Instant::now);
+        }
+        self.inner.launch(req).await
+    }
+    async fn list_instances(&self, fleet: &str) -> PortResult<Vec<CloudInstance>> {
+        self.inner.list_instances(fleet).await
+    }
+    async fn terminate(&self, fleet: &str, ids: &[String]) -> PortResult<()> {
+        self.inner.terminate(fleet, ids).await
+    }
+    async fn put_jit(&self, fleet: &str, id: &str, v: &Secret) -> PortResult<()> {
+        self.inner.put_jit(fleet, id, v).await
+    }
+    async fn delete_jit(&self, fleet: &str, id: &str) -> PortResult<()> {
+        self.inner.delete_jit(fleet, id).await
+    }
+    async fn list_jit(&self, fleet: &str) -> PortResult<Vec<String>> {
+        self.inner.list_jit(fleet).await
+    }
+}
+
+fn pct(xs: &mut [f64], q: f64) -> f64 {
+    xs.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    if xs.is_empty() { 0.0 } else { xs[(((xs.len() - 1) as f64) * q).round() as usize] }
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with("--")).collect();
+    let rate: u64 = args.first().and_then(|a| a.parse().ok()).unwrap_or(500);
+    let seconds: u64 = args.get(1).and_then(|a| a.parse().ok()).unwrap_or(4);
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    rt.block_on(async move {
+        let mut cfg = runfleet_sim::demo_config();
+        // Room for every job: this measures runfleet, not the pool cap or EC2's bucket.
+        for p in &mut cfg.pools {
+            p.max_runners = 100_000;
+        }
+        let dir = std::env::temp_dir().join(format!("runfleet-intake-bench-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let store = runfleet_store::open(&format!("sqlite://{}/bench.db", dir.display())).await.unwrap();
+        let mut world = World::new(WorldConfig { launch_bucket: (1_000_000, 1_000_000.0), ssm_put_bucket: (1_000_000, 1_000_000.0), ..WorldConfig::default() });
+        world.now = now_ms();
+        world.repos = vec!["acme/app".into()];
+        let world = Arc::new(Mutex::new(world));
+        let cloud = Arc::new(Timed { inner: SimCloud(world.clone()), calls: Mutex::new(HashMap::new()) });
+        let opts = EngineOptions { launch_bucket: (1_000_000, 1_000_000.0), ..EngineOptions::default() };
+        let engine = Engine::new(Arc::new(cfg), Arc::new(SimGitHub(world.clone())), cloud.clone(), store, opts, now_ms()).await.unwrap();
+        let running = runfleet_server::start(engine, "127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/webhook", running.addr);
+        let http = reqwest::Client::new();
+        let total = rate * seconds;
+        let interval = Duration::from_secs_f64(1.0 / rate as f64);
+        let start = Instant::now();
+        let mut tasks = Vec::new();
+        for n in 0..total {
+            let due = start + interval * n as u32;
+            tokio::time::sleep_until(due.into()).await;
+            let body = serde_json::json!({
+                "action": "queued",
+                "workflow_job": {"id": 1_000_000 + n, "run_id": 7, "status": "queued", "labels": ["self-hosted", "linux", "x64"], "runner_name": null, "created_at": "2026-11-23T10:00:00Z"},
+                "repository": {"full_name": "acme/app"}
+            })
+            .to_string();
+            let sig = runfleet_github::webhook::sign(b"simulated-secret", body.as_bytes());
+            let req = http
+                .post(&url)
+                .header("content-type", "application/json")
+                .header("x-github-event", "workflow_job")
+                .header("x-github-delivery", format!("bench-{n}"))
+                .header("x-hub-signature-256", sig)
+                .body(body);
+            tasks.push(tokio::spawn(async move {
+                let sent = Instant::now();
+                let r = req.send().await.expect("sent");
+                assert_eq!(r.status(), 202);
+                (1_000_000 + n, sent, sent.elapsed())
+            }));
+        }
+        let mut acks = Vec::new();
+        let mut sent_at = HashMap::new();
+        for t in tasks {
+            let (job, sent, took) = t.await.unwrap();
+            acks.push(took.as_secs_f64() * 1000.0);
+            sent_at.insert(job, sent);
+        }
+        let elapsed = start.elapsed().as_secs_f64();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while cloud.calls.lock().unwrap().len() < total as usize && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let calls = cloud.calls.lock().unwrap().clone();
+        let mut to_launch: Vec<f64> = sent_at
+            .iter()
+            .filter_map(|(job, sent)| calls.get(job).map(|c| c.duration_since(*sent).as_secs_f64() * 1000.0))
+            .collect();
+        running.stop().await;
+        let _ = std::fs::remove_dir_all(&dir);
+        println!("| measure (rate {rate}/s, {total} deliveries, SQLite) | p50 | p99 | max |");
+        println!("|---|---|---|---|");
+        let row = |name: &str, xs: &mut Vec<f64>| {
+            let (p50, p99) = (pct(xs, 0.5), pct(xs, 0.99));
+            let max = xs.iter().cloned().fold(0.0, f64::max);
+            println!("| {name} | {p50:.2} ms | {p99:.2} ms | {max:.2} ms |");
+        };
+        row("webhook -> 202", &mut acks);
+        row("webhook -> launch call", &mut to_launch);
+        println!("achieved rate: {:.0} deliveries/s; launches seen: {} of {total}", total as f64 / elapsed, calls.len());
+    });
+}
