@@ -8,7 +8,9 @@
 //! any idle runner with the right labels may take any such job (GitHub's
 //! semantics), so runners are not pinned to jobs; only their number is.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
+
+use rustc_hash::{FxHashMap as HashMap, FxHashSet};
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
@@ -206,8 +208,8 @@ pub fn plan(config: &Config, obs: &Observed, now: Millis) -> Vec<Action> {
         .filter(|j| j.state == JobState::Queued)
         .collect();
     queued.sort_by_key(|j| (j.queued_at, j.id));
-    let mut demand: HashMap<Key, Vec<&Job>> = HashMap::new();
-    let mut allowed: HashMap<&str, bool> = HashMap::new();
+    let mut demand: HashMap<Key, Vec<&Job>> = HashMap::default();
+    let mut allowed: HashMap<&str, bool> = HashMap::default();
     for job in queued {
         if !*allowed
             .entry(job.repo.as_str())
@@ -256,8 +258,8 @@ pub fn plan(config: &Config, obs: &Observed, now: Millis) -> Vec<Action> {
     }
 
     // Supply: runners coming or idle, by (pool, scope); instances alive by pool.
-    let mut supply: HashMap<Key, u32> = HashMap::new();
-    let mut alive: HashMap<&str, u32> = HashMap::new();
+    let mut supply: HashMap<Key, u32> = HashMap::default();
+    let mut alive: HashMap<&str, u32> = HashMap::default();
     for l in obs
         .launches
         .values()
@@ -296,7 +298,7 @@ pub fn plan(config: &Config, obs: &Observed, now: Millis) -> Vec<Action> {
 
     // Which jobs have a runner of their own coming: supply covers those
     // first, so a new launch is made (and named) for a job that has none.
-    let mut own: BTreeSet<u64> = obs
+    let mut own: FxHashSet<u64> = obs
         .launches
         .values()
         .filter(|l| l.state == LaunchState::Requested)
@@ -381,7 +383,7 @@ pub fn plan(config: &Config, obs: &Observed, now: Millis) -> Vec<Action> {
 
     // Terminations. Runners are matched to instances by the instance id in
     // their name (and the pool, which the name also carries).
-    let mut runner_of: HashMap<&str, &Runner> = HashMap::new();
+    let mut runner_of: HashMap<&str, &Runner> = HashMap::default();
     let mut busy_instances: BTreeSet<&str> = BTreeSet::new();
     for r in &obs.runners {
         let Some(iid) = instance_of_runner(&r.name) else {
@@ -400,7 +402,7 @@ pub fn plan(config: &Config, obs: &Observed, now: Millis) -> Vec<Action> {
             busy_instances.insert(iid);
         }
     }
-    let mut surplus: HashMap<Key, u32> = HashMap::new();
+    let mut surplus: HashMap<Key, u32> = HashMap::default();
     for (key, n) in &supply {
         let want = demand.get(key).map_or(0, |v| v.len()) as u32;
         if *n > want {
