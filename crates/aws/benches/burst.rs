@@ -197,14 +197,18 @@ fn main() {
         .build()
         .unwrap();
     rt.block_on(async {
-        let Some(moto) = Moto::start("bench burst") else {
-            return;
-        };
-        let world = World::create(&sdk_config(&moto.url), "bench").await;
         let mut rows = Vec::new();
         for scenario in ["clean", "ice", "no-bucket"] {
+            // A fresh moto per scenario: moto's DescribeInstances slows down
+            // with every instance it holds.
+            let Some(moto) = Moto::start("bench burst") else {
+                return;
+            };
+            let world = World::create(&sdk_config(&moto.url), "bench").await;
             eprintln!("running {scenario}: {n} instances, buckets x{scale}");
-            rows.push(run(scenario, &moto, &world, n, scale).await);
+            let row = run(scenario, &moto, &world, n, scale).await;
+            eprintln!("{scenario}: {:?} rejected {} in {:.1}s", row.counts, row.rejected, row.secs);
+            rows.push(row);
         }
         let c = |r: &Row, op: &str| r.counts.get(op).copied().unwrap_or(0);
         println!(

@@ -15,9 +15,10 @@
 //! - **Errors** mapped to the closed [`ErrorKind`](runfleet_core::model::ErrorKind)
 //!   set by AWS code first, HTTP status second ([`error`]).
 //! - **Pacing**: client-side token buckets shaped like EC2's (RunInstances
-//!   5 / 2 per s, TerminateInstances 100 / 5, Describe 100 / 20), one set per
-//!   account session, and jittered retry of throttled answers within a
-//!   bounded time ([`pacing`]). The SDK's own retry is off so that every
+//!   5 / 2 per s, TerminateInstances 100 / 5, Describe 100 / 20, refilled at
+//!   90 % of EC2's rate to absorb latency jitter), one set per account
+//!   session, and jittered retry of throttled answers within a bounded time
+//!   ([`pacing`]). The SDK's own retry is off so that every
 //!   request is counted ([`AwsCloud::request_counts`]) and a capacity error
 //!   (which EC2 sends as HTTP 500) is not sent three times.
 //! - **SSM**: the runner's JIT config as a SecureString at

@@ -554,7 +554,7 @@ impl World {
             let s = ec2
                 .create_subnet()
                 .vpc_id(&vpc_id)
-                .cidr_block(format!("10.42.{i}.0/24"))
+                .cidr_block(format!("10.42.{}.0/20", i * 16))
                 .availability_zone(*az)
                 .send()
                 .await
