@@ -4,7 +4,7 @@
 # /root/.cache/runfleet-venv/bin/moto_server by default; with another
 # RUNFLEET_VENV, export RUNFLEET_MOTO_SERVER=<printed path> for them.
 set -euo pipefail
-venv="${RUNFLEET_VENV:-/root/.cache/runfleet-venv}"
+venv="${RUNFLEET_VENV:-$HOME/.cache/runfleet-venv}"
 if [ ! -x "$venv/bin/moto_server" ]; then
   python3 -m venv "$venv"
   "$venv/bin/pip" install --quiet 'moto[server]>=5.1,<6'
