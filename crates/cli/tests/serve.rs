@@ -89,15 +89,11 @@ max_runners = 3
         p
     }
 
-    fn serve(&self, config: &std::path::Path) -> Serve {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_runfleet"))
-            .args([
-                "serve",
-                "--config",
-                config.to_str().unwrap(),
-                "--log-format",
-                "json",
-            ])
+    /// The binary with this test's GitHub token, webhook secret and AWS endpoint.
+    fn runfleet(&self, args: &[&str], config: &std::path::Path) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_runfleet"));
+        c.args(args)
+            .args(["--config", config.to_str().unwrap()])
             .env(
                 "TEST_GITHUB_TOKEN",
                 self.fake.pat().expect("the fake has a PAT"),
@@ -107,7 +103,13 @@ max_runners = 3
             .env("AWS_ACCESS_KEY_ID", "AKIDRUNFLEETTEST")
             .env("AWS_SECRET_ACCESS_KEY", "not-a-secret")
             .env("AWS_REGION", "us-east-1")
-            .env("AWS_EC2_METADATA_DISABLED", "true")
+            .env("AWS_EC2_METADATA_DISABLED", "true");
+        c
+    }
+
+    fn serve(&self, config: &std::path::Path) -> Serve {
+        let mut child = self
+            .runfleet(&["serve", "--log-format", "json"], config)
             .env("RUNFLEET_LOG", "info")
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
@@ -129,21 +131,34 @@ max_runners = 3
 
     /// Runs a one-shot command (`check`, `reap`, `status`) with the same environment.
     fn command(&self, args: &[&str], config: &std::path::Path) -> std::process::Output {
-        Command::new(env!("CARGO_BIN_EXE_runfleet"))
-            .args(args)
-            .args(["--config", config.to_str().unwrap()])
-            .env(
-                "TEST_GITHUB_TOKEN",
-                self.fake.pat().expect("the fake has a PAT"),
+        self.runfleet(args, config).output().expect("runfleet runs")
+    }
+
+    /// Starts an instance tagged as runfleet's, without runfleet, in `fleet`.
+    async fn run_tagged(&self, fleet: &str) -> String {
+        use aws_sdk_ec2::types::{ResourceType, Tag, TagSpecification};
+        let tags = TagSpecification::builder()
+            .resource_type(ResourceType::Instance)
+            .tags(Tag::builder().key("runfleet:fleet").value(fleet).build())
+            .tags(
+                Tag::builder()
+                    .key("runfleet:pool")
+                    .value("linux-x64")
+                    .build(),
             )
-            .env("TEST_WEBHOOK_SECRET", SECRET)
-            .env("AWS_ENDPOINT_URL", &self.moto.url)
-            .env("AWS_ACCESS_KEY_ID", "AKIDRUNFLEETTEST")
-            .env("AWS_SECRET_ACCESS_KEY", "not-a-secret")
-            .env("AWS_REGION", "us-east-1")
-            .env("AWS_EC2_METADATA_DISABLED", "true")
-            .output()
-            .expect("runfleet runs")
+            .build();
+        let out = self
+            .world
+            .ec2
+            .run_instances()
+            .image_id(&self.world.ami)
+            .min_count(1)
+            .max_count(1)
+            .tag_specifications(tags)
+            .send()
+            .await
+            .unwrap();
+        out.instances()[0].instance_id().unwrap().to_string()
     }
 
     async fn ours(&self) -> Vec<(String, String)> {
@@ -305,39 +320,8 @@ async fn orphans_of_this_fleet_are_terminated_and_other_fleets_are_not() {
     let Some(e) = env("orphans").await else {
         return;
     };
-    let run = |fleet: &str| {
-        let tags = aws_sdk_ec2::types::TagSpecification::builder()
-            .resource_type(aws_sdk_ec2::types::ResourceType::Instance)
-            .tags(
-                aws_sdk_ec2::types::Tag::builder()
-                    .key("runfleet:fleet")
-                    .value(fleet)
-                    .build(),
-            )
-            .tags(
-                aws_sdk_ec2::types::Tag::builder()
-                    .key("runfleet:pool")
-                    .value("linux-x64")
-                    .build(),
-            )
-            .build();
-        e.world
-            .ec2
-            .run_instances()
-            .image_id(&e.world.ami)
-            .min_count(1)
-            .max_count(1)
-            .tag_specifications(tags)
-            .send()
-    };
-    let mine = run(&e.fleet).await.unwrap().instances()[0]
-        .instance_id()
-        .unwrap()
-        .to_string();
-    let theirs = run("another-fleet").await.unwrap().instances()[0]
-        .instance_id()
-        .unwrap()
-        .to_string();
+    let mine = e.run_tagged(&e.fleet).await;
+    let theirs = e.run_tagged("another-fleet").await;
     let _serve = e.serve(&e.config("3s"));
     until("the orphan terminated", || async { e.alive().await == 0 }).await;
     assert!(e.ours().await.iter().any(|(id, _)| id == &mine));
@@ -412,39 +396,8 @@ async fn check_passes_with_full_rights() {
 #[tokio::test(flavor = "multi_thread")]
 async fn reap_dry_run_lists_and_reap_terminates_only_this_fleets_orphans() {
     let Some(e) = env("reap").await else { return };
-    let run = |fleet: &str| {
-        let tags = aws_sdk_ec2::types::TagSpecification::builder()
-            .resource_type(aws_sdk_ec2::types::ResourceType::Instance)
-            .tags(
-                aws_sdk_ec2::types::Tag::builder()
-                    .key("runfleet:fleet")
-                    .value(fleet)
-                    .build(),
-            )
-            .tags(
-                aws_sdk_ec2::types::Tag::builder()
-                    .key("runfleet:pool")
-                    .value("linux-x64")
-                    .build(),
-            )
-            .build();
-        e.world
-            .ec2
-            .run_instances()
-            .image_id(&e.world.ami)
-            .min_count(1)
-            .max_count(1)
-            .tag_specifications(tags)
-            .send()
-    };
-    let mine = run(&e.fleet).await.unwrap().instances()[0]
-        .instance_id()
-        .unwrap()
-        .to_string();
-    let theirs = run("another-fleet").await.unwrap().instances()[0]
-        .instance_id()
-        .unwrap()
-        .to_string();
+    let mine = e.run_tagged(&e.fleet).await;
+    let theirs = e.run_tagged("another-fleet").await;
     // boot_timeout 1s: the unknown instance is an orphan as soon as it is a second old.
     let config = e.config("1s");
     until("the orphan older than boot_timeout", || async {

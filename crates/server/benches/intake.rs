@@ -27,8 +27,18 @@ struct Timed {
 impl Cloud for Timed {
     async fn launch(&self, req: &LaunchRequest) -> PortResult<LaunchOutcome> {
         // Launch ids are `<fleet>-j<job>-<n>`.
-        if let Some(job) = req.client_token.split("-j").nth(1).and_then(|r| r.split('-').next()).and_then(|j| j.parse().ok()) {
-            self.calls.lock().unwrap().entry(job).or_insert_with(Instant::now);
+        if let Some(job) = req
+            .client_token
+            .split("-j")
+            .nth(1)
+            .and_then(|r| r.split('-').next())
+            .and_then(|j| j.parse().ok())
+        {
+            self.calls
+                .lock()
+                .unwrap()
+                .entry(job)
+                .or_insert_with(Instant::now);
         }
         self.inner.launch(req).await
     }
@@ -51,14 +61,24 @@ impl Cloud for Timed {
 
 fn pct(xs: &mut [f64], q: f64) -> f64 {
     xs.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    if xs.is_empty() { 0.0 } else { xs[(((xs.len() - 1) as f64) * q).round() as usize] }
+    if xs.is_empty() {
+        0.0
+    } else {
+        xs[(((xs.len() - 1) as f64) * q).round() as usize]
+    }
 }
 
 fn main() {
-    let args: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with("--")).collect();
+    let args: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with("--"))
+        .collect();
     let rate: u64 = args.first().and_then(|a| a.parse().ok()).unwrap_or(500);
     let seconds: u64 = args.get(1).and_then(|a| a.parse().ok()).unwrap_or(4);
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     rt.block_on(async move {
         let mut cfg = runfleet_sim::demo_config();
         // Room for every job: this measures runfleet, not the pool cap or EC2's bucket.

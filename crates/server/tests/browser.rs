@@ -3,7 +3,7 @@
 
 mod common;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use common::{job_payload, service};
@@ -21,23 +21,44 @@ fn chromium() -> Option<PathBuf> {
         .find(|p| p.exists())
 }
 
-/// Flags that keep Chromium off the network: only the page on loopback is fetched.
-fn chromium_cmd(bin: &PathBuf, profile: &std::path::Path) -> Command {
-    let mut c = Command::new(bin);
-    c.args([
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-quic",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        "--disable-extensions",
-        "--window-size=1280,900",
-    ])
-    .arg(format!("--user-data-dir={}", profile.display()));
-    c
+/// Runs headless Chromium on `url` with one action flag (`--dump-dom`,
+/// `--screenshot=...`) and a fresh profile, off the main thread. The flags
+/// keep Chromium off the network: only the page on loopback is fetched.
+async fn chromium_run(
+    bin: &Path,
+    profile: PathBuf,
+    action: String,
+    url: &str,
+) -> std::process::Output {
+    let (bin, url) = (bin.to_path_buf(), url.to_string());
+    tokio::task::spawn_blocking(move || {
+        let out = Command::new(&bin)
+            .args([
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-quic",
+                "--no-first-run",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                "--disable-extensions",
+                "--window-size=1280,900",
+            ])
+            .arg(format!("--user-data-dir={}", profile.display()))
+            .arg(&action)
+            .arg(&url)
+            .output()
+            .expect("chromium runs");
+        assert!(
+            out.status.success(),
+            "chromium {action} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out
+    })
+    .await
+    .unwrap()
 }
 
 #[tokio::test]
@@ -75,23 +96,7 @@ async fn status_page_renders_in_headless_chromium() {
     let dir = std::env::temp_dir().join(format!("runfleet-browser-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let url = format!("{}/", s.url);
-    let dom = tokio::task::spawn_blocking({
-        let (bin, dir, url) = (bin.clone(), dir.clone(), url.clone());
-        move || {
-            chromium_cmd(&bin, &dir.join("p1"))
-                .arg("--dump-dom")
-                .arg(&url)
-                .output()
-                .expect("chromium runs")
-        }
-    })
-    .await
-    .unwrap();
-    assert!(
-        dom.status.success(),
-        "chromium --dump-dom failed: {}",
-        String::from_utf8_lossy(&dom.stderr)
-    );
+    let dom = chromium_run(&bin, dir.join("p1"), "--dump-dom".into(), &url).await;
     let dom = String::from_utf8_lossy(&dom.stdout);
     for needle in [
         "id=\"pools\"",
@@ -107,23 +112,13 @@ async fn status_page_renders_in_headless_chromium() {
     }
 
     let shot = dir.join("page.png");
-    let out = tokio::task::spawn_blocking({
-        let (bin, dir, shot) = (bin.clone(), dir.clone(), shot.clone());
-        move || {
-            chromium_cmd(&bin, &dir.join("p2"))
-                .arg(format!("--screenshot={}", shot.display()))
-                .arg(&url)
-                .output()
-                .expect("chromium runs")
-        }
-    })
-    .await
-    .unwrap();
-    assert!(
-        out.status.success(),
-        "chromium --screenshot failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    chromium_run(
+        &bin,
+        dir.join("p2"),
+        format!("--screenshot={}", shot.display()),
+        &url,
+    )
+    .await;
     let decoder = png::Decoder::new(std::io::BufReader::new(
         std::fs::File::open(&shot).expect("screenshot written"),
     ));
