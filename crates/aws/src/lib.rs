@@ -95,6 +95,15 @@ pub mod pacing;
 pub mod session;
 
 pub use check::{CheckRow, check, check_with, render_table};
+
+/// `tracing` filter directives that every binary using this crate appends
+/// to its own: the SDK and its HTTP stack log raw requests and responses at
+/// TRACE, and an AWS error message may quote a value that was sent (the JIT
+/// config of a PutParameter, say). Capped at DEBUG, nothing they log holds
+/// a body.
+pub const LOG_CAPS: &str = "aws_smithy_runtime=debug,aws_smithy_runtime_api=debug,\
+aws_smithy_http=debug,aws_smithy_http_client=debug,aws_sdk_ec2=debug,aws_sdk_ssm=debug,\
+aws_sdk_sts=debug,aws_config=debug,hyper=info,hyper_util=info,h2=info,rustls=info";
 pub use cloud::{AwsCloud, AwsOptions, jit_parameter, offering_token};
 pub use pacing::{Api, BucketShape, Pacing, RetryPolicy};
 pub use session::RoleKey;

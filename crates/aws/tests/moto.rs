@@ -599,8 +599,12 @@ async fn the_jit_config_never_reaches_an_error_or_a_log() {
     }
     let buf = Buf::default();
     let writer = buf.clone();
+    // Everything at TRACE except what binaries cap (the SDK's raw bodies).
     let subscriber = tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::TRACE)
+        .with_env_filter(tracing_subscriber::EnvFilter::new(format!(
+            "trace,{}",
+            runfleet_aws::LOG_CAPS
+        )))
         .with_writer(move || writer.clone())
         .finish();
     let _guard = tracing::subscriber::set_default(subscriber);

@@ -133,8 +133,17 @@ fn init_logs(format: Option<LogFormat>, default_filter: &str) {
         Some(LogFormat::Text) => false,
         None => !std::io::stderr().is_terminal(),
     };
-    let filter = tracing_subscriber::EnvFilter::try_from_env("RUNFLEET_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter));
+    // The SDK's wire-level TRACE lines can hold request and response bodies:
+    // they are capped whatever RUNFLEET_LOG asks for.
+    let wanted = std::env::var("RUNFLEET_LOG").unwrap_or_else(|_| default_filter.to_string());
+    let filter =
+        tracing_subscriber::EnvFilter::try_new(format!("{wanted},{}", runfleet_aws::LOG_CAPS))
+            .unwrap_or_else(|_| {
+                tracing_subscriber::EnvFilter::new(format!(
+                    "{default_filter},{}",
+                    runfleet_aws::LOG_CAPS
+                ))
+            });
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
