@@ -303,16 +303,144 @@ async fn a_job_queued_without_webhook_is_found_by_reconcile() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn max_runners_is_never_exceeded() {
+async fn max_runners_is_never_exceeded_and_the_backlog_drains() {
     let Some(e) = env("cap").await else { return };
     let serve = e.serve(&e.config("10m"));
+    e.fake.set_auto_assign(true);
+    let mut jobs = Vec::new();
     for _ in 0..6 {
-        e.fake.queue_job("acme/app", LINUX, true).await;
+        jobs.push(e.fake.queue_job("acme/app", LINUX, true).await.job_id);
     }
     until("three instances", || async { e.alive().await == 3 }).await;
     // Two reconciles later there are still three (max_runners = 3).
     serve.reconciled(2).await;
     assert_eq!(e.ours().await.len(), 3);
+    // Play GitHub and the machines: each instance that has its config
+    // brings its runner online (which takes a queued job), and running jobs
+    // complete. The backlog drains through the cap, three at a time.
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        assert!(e.alive().await <= 3, "max_runners exceeded");
+        let done = e
+            .fake
+            .jobs()
+            .iter()
+            .filter(|j| jobs.contains(&j.id) && j.status == "completed")
+            .count();
+        if done == jobs.len() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "backlog did not drain: {done} of {} done",
+            jobs.len()
+        );
+        for (id, state) in e.ours().await {
+            if state == "running" || state == "pending" {
+                if let Some(jit) = e.param(&id).await {
+                    let _ = e.fake.connect_jit(&jit).await;
+                }
+            }
+        }
+        for j in e
+            .fake
+            .jobs()
+            .into_iter()
+            .filter(|j| jobs.contains(&j.id) && j.status == "in_progress")
+        {
+            e.fake.complete_job(j.id, "success").await.unwrap();
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    until("every instance gone", || async { e.alive().await == 0 }).await;
+    assert_eq!(e.ours().await.len(), 6, "one instance per job, no more");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_deliveries_and_duplicates_launch_nothing_more() {
+    let Some(e) = env("bad").await else { return };
+    let serve = e.serve(&e.config("10m"));
+    let http = reqwest::Client::new();
+    let post = |event: &str, delivery: &str, body: String, sig: Option<String>| {
+        let sig = sig
+            .unwrap_or_else(|| runfleet_github::webhook::sign(SECRET.as_bytes(), body.as_bytes()));
+        http.post(format!("{}/webhook", serve.url))
+            .header("content-type", "application/json")
+            .header("x-github-event", event)
+            .header("x-github-delivery", delivery)
+            .header("x-hub-signature-256", sig)
+            .body(body)
+            .send()
+    };
+    let job = |id: u64, labels: &[&str]| {
+        serde_json::json!({
+            "action": "queued",
+            "workflow_job": {"id": id, "run_id": 1, "status": "queued", "labels": labels, "runner_name": null, "created_at": "2026-11-23T10:00:00Z"},
+            "repository": {"full_name": "acme/app"}
+        })
+        .to_string()
+    };
+    let bad_sig = Some(format!("sha256={}", "0".repeat(64)));
+    assert_eq!(
+        post("workflow_job", "b-1", job(1, LINUX), bad_sig)
+            .await
+            .unwrap()
+            .status(),
+        401
+    );
+    assert_eq!(
+        post("workflow_job", "b-2", "{\"workflow_job\":".into(), None)
+            .await
+            .unwrap()
+            .status(),
+        400
+    );
+    assert_eq!(
+        post("push", "b-3", "{}".into(), None)
+            .await
+            .unwrap()
+            .status(),
+        204
+    );
+    assert_eq!(
+        post("workflow_job", "b-4", job(2, &["self-hosted", "gpu"]), None)
+            .await
+            .unwrap()
+            .status(),
+        202
+    );
+    // One job, delivered twice under one id and once under another.
+    assert_eq!(
+        post("workflow_job", "b-5", job(3, LINUX), None)
+            .await
+            .unwrap()
+            .status(),
+        202
+    );
+    assert_eq!(
+        post("workflow_job", "b-5", job(3, LINUX), None)
+            .await
+            .unwrap()
+            .status(),
+        202
+    );
+    assert_eq!(
+        post("workflow_job", "b-6", job(3, LINUX), None)
+            .await
+            .unwrap()
+            .status(),
+        202
+    );
+    until("the one good job launched", || async {
+        e.alive().await == 1
+    })
+    .await;
+    serve.reconciled(2).await;
+    assert_eq!(
+        e.ours().await.len(),
+        1,
+        "bad deliveries and duplicates launched nothing"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
