@@ -336,10 +336,10 @@ async fn max_runners_is_never_exceeded_and_the_backlog_drains() {
             jobs.len()
         );
         for (id, state) in e.ours().await {
-            if state == "running" || state == "pending" {
-                if let Some(jit) = e.param(&id).await {
-                    let _ = e.fake.connect_jit(&jit).await;
-                }
+            if (state == "running" || state == "pending")
+                && let Some(jit) = e.param(&id).await
+            {
+                let _ = e.fake.connect_jit(&jit).await;
             }
         }
         for j in e
