@@ -10,22 +10,21 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use runfleet_core::config::Secret;
 use runfleet_engine::driver::now_ms;
-use runfleet_engine::ports::{Cloud, CloudInstance, LaunchOutcome, LaunchRequest, PortResult};
+use runfleet_engine::ports::{Cloud, LaunchOutcome, LaunchRequest, PortResult};
 use runfleet_engine::{Engine, EngineOptions};
-use runfleet_sim::adapters::{SimCloud, SimGitHub};
+use runfleet_sim::adapters::{LaunchHook, OnLaunch, SimCloud, SimGitHub};
 use runfleet_sim::world::{World, WorldConfig};
 
-/// The simulated cloud, noting when each launch call arrives (by job id).
+/// Notes when each launch call arrives at the simulated cloud (by job id).
+#[derive(Default)]
 struct Timed {
-    inner: SimCloud,
     calls: Mutex<HashMap<u64, Instant>>,
 }
 
 #[async_trait]
-impl Cloud for Timed {
-    async fn launch(&self, req: &LaunchRequest) -> PortResult<LaunchOutcome> {
+impl OnLaunch for Timed {
+    async fn launch(&self, inner: &dyn Cloud, req: &LaunchRequest) -> PortResult<LaunchOutcome> {
         // Launch ids are `<fleet>-j<job>-<n>`.
         if let Some(job) = req
             .client_token
@@ -40,22 +39,7 @@ impl Cloud for Timed {
                 .entry(job)
                 .or_insert_with(Instant::now);
         }
-        self.inner.launch(req).await
-    }
-    async fn list_instances(&self, fleet: &str) -> PortResult<Vec<CloudInstance>> {
-        self.inner.list_instances(fleet).await
-    }
-    async fn terminate(&self, fleet: &str, ids: &[String]) -> PortResult<()> {
-        self.inner.terminate(fleet, ids).await
-    }
-    async fn put_jit(&self, fleet: &str, id: &str, v: &Secret) -> PortResult<()> {
-        self.inner.put_jit(fleet, id, v).await
-    }
-    async fn delete_jit(&self, fleet: &str, id: &str) -> PortResult<()> {
-        self.inner.delete_jit(fleet, id).await
-    }
-    async fn list_jit(&self, fleet: &str) -> PortResult<Vec<String>> {
-        self.inner.list_jit(fleet).await
+        inner.launch(req).await
     }
 }
 
@@ -92,7 +76,10 @@ fn main() {
         world.now = now_ms();
         world.repos = vec!["acme/app".into()];
         let world = Arc::new(Mutex::new(world));
-        let cloud = Arc::new(Timed { inner: SimCloud(world.clone()), calls: Mutex::new(HashMap::new()) });
+        let cloud = Arc::new(LaunchHook {
+            inner: Arc::new(SimCloud(world.clone())),
+            hook: Timed::default(),
+        });
         let opts = EngineOptions { launch_bucket: (1_000_000, 1_000_000.0), ..EngineOptions::default() };
         let engine = Engine::new(Arc::new(cfg), Arc::new(SimGitHub(world.clone())), cloud.clone(), store, opts, now_ms()).await.unwrap();
         let running = runfleet_server::start(engine, "127.0.0.1:0").await.unwrap();
@@ -135,10 +122,10 @@ fn main() {
         }
         let elapsed = start.elapsed().as_secs_f64();
         let deadline = Instant::now() + Duration::from_secs(60);
-        while cloud.calls.lock().unwrap().len() < total as usize && Instant::now() < deadline {
+        while cloud.hook.calls.lock().unwrap().len() < total as usize && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        let calls = cloud.calls.lock().unwrap().clone();
+        let calls = cloud.hook.calls.lock().unwrap().clone();
         let mut to_launch: Vec<f64> = sent_at
             .iter()
             .filter_map(|(job, sent)| calls.get(job).map(|c| c.duration_since(*sent).as_secs_f64() * 1000.0))

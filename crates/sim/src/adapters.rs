@@ -427,3 +427,42 @@ impl Cloud for SimCloud {
             .collect())
     }
 }
+
+/// What a [`LaunchHook`] does with a launch call; it may call `inner`.
+#[async_trait]
+pub trait OnLaunch: Send + Sync {
+    async fn launch(&self, inner: &dyn Cloud, req: &LaunchRequest) -> PortResult<LaunchOutcome>;
+}
+
+/// A cloud that passes every call to `inner` except `launch`, which goes
+/// through `hook`: for tests and benchmarks that time, fail or kill the
+/// launch path while the rest behaves as the simulator does.
+pub struct LaunchHook<H> {
+    pub inner: Arc<dyn Cloud>,
+    pub hook: H,
+}
+
+#[async_trait]
+impl<H: OnLaunch> Cloud for LaunchHook<H> {
+    async fn launch(&self, req: &LaunchRequest) -> PortResult<LaunchOutcome> {
+        self.hook.launch(&*self.inner, req).await
+    }
+    async fn list_instances(&self, fleet: &str) -> PortResult<Vec<CloudInstance>> {
+        self.inner.list_instances(fleet).await
+    }
+    async fn terminate(&self, fleet: &str, ids: &[String]) -> PortResult<()> {
+        self.inner.terminate(fleet, ids).await
+    }
+    async fn put_jit(&self, fleet: &str, id: &str, value: &Secret) -> PortResult<()> {
+        self.inner.put_jit(fleet, id, value).await
+    }
+    async fn delete_jit(&self, fleet: &str, id: &str) -> PortResult<()> {
+        self.inner.delete_jit(fleet, id).await
+    }
+    async fn list_jit(&self, fleet: &str) -> PortResult<Vec<String>> {
+        self.inner.list_jit(fleet).await
+    }
+    fn request_counts(&self) -> Vec<(String, u64)> {
+        self.inner.request_counts()
+    }
+}

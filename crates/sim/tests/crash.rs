@@ -7,14 +7,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use runfleet_core::config::Secret;
 use runfleet_core::model::{JobEvent, JobStatus, LaunchState};
 use runfleet_engine::memstore::MemStore;
-use runfleet_engine::ports::{
-    Cloud, CloudInstance, LaunchOutcome, LaunchRequest, PortError, PortResult,
-};
+use runfleet_engine::ports::{Cloud, LaunchOutcome, LaunchRequest, PortError, PortResult};
 use runfleet_engine::{Engine, EngineOptions};
-use runfleet_sim::adapters::{SimCloud, SimGitHub};
+use runfleet_sim::adapters::{LaunchHook, OnLaunch, SimCloud, SimGitHub};
 use runfleet_sim::world::{World, WorldConfig};
 
 /// How the first launch call goes wrong.
@@ -29,23 +26,22 @@ enum Fault {
 }
 
 struct Faulty {
-    inner: SimCloud,
     fault: Fault,
     launches: AtomicU32,
 }
 
 #[async_trait]
-impl Cloud for Faulty {
-    async fn launch(&self, req: &LaunchRequest) -> PortResult<LaunchOutcome> {
+impl OnLaunch for Faulty {
+    async fn launch(&self, inner: &dyn Cloud, req: &LaunchRequest) -> PortResult<LaunchOutcome> {
         if self.launches.fetch_add(1, Ordering::SeqCst) == 0 {
             match self.fault {
                 Fault::DieBeforeCall => futures::future::pending::<()>().await,
                 Fault::DieAfterCall => {
-                    let _ = self.inner.launch(req).await;
+                    let _ = inner.launch(req).await;
                     futures::future::pending::<()>().await;
                 }
                 Fault::LoseAnswer => {
-                    let _ = self.inner.launch(req).await;
+                    let _ = inner.launch(req).await;
                     return Err(PortError::new(
                         runfleet_core::model::ErrorKind::Transient,
                         "timed out",
@@ -53,22 +49,7 @@ impl Cloud for Faulty {
                 }
             }
         }
-        self.inner.launch(req).await
-    }
-    async fn list_instances(&self, fleet: &str) -> PortResult<Vec<CloudInstance>> {
-        self.inner.list_instances(fleet).await
-    }
-    async fn terminate(&self, fleet: &str, ids: &[String]) -> PortResult<()> {
-        self.inner.terminate(fleet, ids).await
-    }
-    async fn put_jit(&self, fleet: &str, id: &str, v: &Secret) -> PortResult<()> {
-        self.inner.put_jit(fleet, id, v).await
-    }
-    async fn delete_jit(&self, fleet: &str, id: &str) -> PortResult<()> {
-        self.inner.delete_jit(fleet, id).await
-    }
-    async fn list_jit(&self, fleet: &str) -> PortResult<Vec<String>> {
-        self.inner.list_jit(fleet).await
+        inner.launch(req).await
     }
 }
 
@@ -91,10 +72,12 @@ async fn crash_and_restart(fault: Fault) {
     let store = Arc::new(MemStore::new());
     let cfg = Arc::new(runfleet_sim::demo_config());
     let github = Arc::new(SimGitHub(world.clone()));
-    let faulty = Arc::new(Faulty {
-        inner: SimCloud(world.clone()),
-        fault,
-        launches: AtomicU32::new(0),
+    let faulty = Arc::new(LaunchHook {
+        inner: Arc::new(SimCloud(world.clone())),
+        hook: Faulty {
+            fault,
+            launches: AtomicU32::new(0),
+        },
     });
     Engine::intake(&*store, "d-1", &queued(7)).await.unwrap();
 
