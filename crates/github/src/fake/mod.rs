@@ -501,24 +501,18 @@ impl Shared {
                     updated_at: now,
                 },
             );
-            let job = FakeJob {
-                id: job_id,
-                run_id,
-                repo: full,
-                labels,
-                status: "queued".into(),
-                conclusion: None,
-                runner_id: None,
-                runner_name: None,
-                created_at: now,
-                started_at: None,
-                completed_at: None,
-                reruns: 0,
-            };
-            let payload = st.webhook_payload("queued", &job);
-            st.jobs.insert(job_id, job);
-            (QueuedJob { job_id, run_id }, payload)
+            st.add_queued_job(job_id, run_id, full, labels, now)
         };
+        self.announce_queued(queued, payload, webhook).await
+    }
+
+    /// Sends a new job's `queued` webhook when asked to.
+    async fn announce_queued(
+        &self,
+        queued: QueuedJob,
+        payload: serde_json::Value,
+        webhook: bool,
+    ) -> QueuedJob {
         if webhook {
             self.send_webhook("workflow_job", "queued", Some(queued.job_id), payload)
                 .await;
@@ -545,29 +539,9 @@ impl Shared {
             run.updated_at = now;
             let repo = run.repo.clone();
             let job_id = st.id();
-            let job = FakeJob {
-                id: job_id,
-                run_id,
-                repo,
-                labels,
-                status: "queued".into(),
-                conclusion: None,
-                runner_id: None,
-                runner_name: None,
-                created_at: now,
-                started_at: None,
-                completed_at: None,
-                reruns: 0,
-            };
-            let payload = st.webhook_payload("queued", &job);
-            st.jobs.insert(job_id, job);
-            (QueuedJob { job_id, run_id }, payload)
+            st.add_queued_job(job_id, run_id, repo, labels, now)
         };
-        if webhook {
-            self.send_webhook("workflow_job", "queued", Some(queued.job_id), payload)
-                .await;
-        }
-        Ok(queued)
+        Ok(self.announce_queued(queued, payload, webhook).await)
     }
 
     pub(crate) async fn runner_online(&self, name: &str) -> Result<u64, FakeError> {

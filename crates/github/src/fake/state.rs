@@ -521,6 +521,35 @@ impl State {
     }
 
     /// The `workflow_job` webhook payload for a job.
+    /// Records a new queued job of `run_id` and returns it with its
+    /// `queued` webhook payload.
+    pub fn add_queued_job(
+        &mut self,
+        job_id: u64,
+        run_id: u64,
+        repo: String,
+        labels: Vec<String>,
+        now: Millis,
+    ) -> (super::QueuedJob, Value) {
+        let job = FakeJob {
+            id: job_id,
+            run_id,
+            repo,
+            labels,
+            status: "queued".into(),
+            conclusion: None,
+            runner_id: None,
+            runner_name: None,
+            created_at: now,
+            started_at: None,
+            completed_at: None,
+            reruns: 0,
+        };
+        let payload = self.webhook_payload("queued", &job);
+        self.jobs.insert(job_id, job);
+        (super::QueuedJob { job_id, run_id }, payload)
+    }
+
     pub fn webhook_payload(&self, action: &str, j: &FakeJob) -> Value {
         let (owner, name) = j.repo.split_once('/').unwrap_or(("", ""));
         let repo = self
