@@ -64,6 +64,43 @@ pub struct JobEvent {
     pub at: Millis,
 }
 
+/// A request for one runner now, not tied to a GitHub job that runfleet
+/// saw: `runfleet launch` and `POST /v1/start`. Its id is the launch id (the
+/// launch call's idempotency token); its runner carries `unique_label`
+/// beside the pool's labels, so only a job that asks for that label can
+/// take it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StartRequest {
+    pub id: String,
+    pub repo: String,
+    pub pool: String,
+    pub unique_label: String,
+    /// `Name` tag override (`launch --name`).
+    pub name: Option<String>,
+    pub at: Millis,
+}
+
+/// One entry of the intake log: a job observation or a start request.
+/// Untagged, so logs written before start requests existed still read.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum IntakeEvent {
+    Job(JobEvent),
+    Start(StartRequest),
+}
+
+impl From<JobEvent> for IntakeEvent {
+    fn from(ev: JobEvent) -> Self {
+        IntakeEvent::Job(ev)
+    }
+}
+
+impl From<StartRequest> for IntakeEvent {
+    fn from(req: StartRequest) -> Self {
+        IntakeEvent::Start(req)
+    }
+}
+
 /// runfleet's state of a job.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

@@ -147,13 +147,16 @@ pub fn retry_backoff(attempts: u32) -> Millis {
         .min(120_000)
 }
 
-/// Labels a runner of `pool` is registered with.
+/// Labels a runner of `pool` is registered with: the pool's labels, or for
+/// an on-demand run (`launch`, `/v1/start`) only `self-hosted` and its
+/// unique label. GitHub gives a job to any runner that has all of the job's
+/// labels, so a run's runner that also carried the pool's labels could be
+/// taken by any job of the pool; with only the unique label, it cannot.
 pub fn runner_labels(pool: &PoolConfig, unique_label: Option<&str>) -> Vec<String> {
-    let mut labels = pool.labels.clone();
-    if let Some(u) = unique_label {
-        labels.push(u.to_string());
+    match unique_label {
+        Some(u) => crate::runs::run_labels(u),
+        None => pool.labels.clone(),
     }
-    labels
 }
 
 /// (pool index, org scope?, repo or owner): where a runner can serve a job.
@@ -210,7 +213,23 @@ pub fn plan(config: &Config, obs: &Observed, now: Millis) -> Vec<Action> {
     queued.sort_by_key(|j| (j.queued_at, j.id));
     let mut demand: HashMap<Key, Vec<&Job>> = HashMap::default();
     let mut allowed: HashMap<&str, bool> = HashMap::default();
+    // A job that asks for an on-demand run's unique label is served by that
+    // run's runner: neither ignored nor launched for.
+    let unique: FxHashSet<String> = obs
+        .launches
+        .values()
+        .filter_map(|l| l.unique_label.as_deref())
+        .map(str::to_ascii_lowercase)
+        .collect();
     for job in queued {
+        if !unique.is_empty()
+            && job
+                .labels
+                .iter()
+                .any(|l| unique.contains(&l.to_ascii_lowercase()))
+        {
+            continue;
+        }
         if !*allowed
             .entry(job.repo.as_str())
             .or_insert_with(|| config.repo_allowed(&job.repo))

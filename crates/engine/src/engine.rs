@@ -7,11 +7,12 @@ use futures::StreamExt;
 use runfleet_core::bucket::TokenBucket;
 use runfleet_core::config::Config;
 use runfleet_core::model::{
-    ErrorKind, Instance, InstanceState, Job, JobEvent, JobState, JobStatus, Launch, LaunchState,
-    Millis, Scope, Unavailable, instance_of_runner,
+    ErrorKind, Instance, InstanceState, IntakeEvent, Job, JobEvent, JobState, JobStatus, Launch,
+    LaunchState, Millis, Scope, StartRequest, Unavailable, instance_of_runner,
 };
 use runfleet_core::plan::{
     Action, LaunchPlan, Observed, UNAVAILABLE_FOR_MS, marks_unavailable, plan, retry_backoff,
+    scope_for,
 };
 use runfleet_core::userdata::{UserDataParams, render};
 use serde::Serialize;
@@ -272,9 +273,13 @@ impl Engine {
     /// Durably records an observation (webhook or API): the caller may
     /// acknowledge once this returns Ok. Does not change the engine's state;
     /// the next [`Engine::step`] folds it in.
-    pub async fn intake(store: &dyn Store, delivery_id: &str, ev: &JobEvent) -> PortResult<bool> {
+    pub async fn intake(
+        store: &dyn Store,
+        delivery_id: &str,
+        ev: &IntakeEvent,
+    ) -> PortResult<bool> {
         Ok(matches!(
-            store.intake(delivery_id, ev).await?,
+            store.intake_event(delivery_id, ev).await?,
             crate::ports::Intake::Stored(_)
         ))
     }
@@ -293,7 +298,12 @@ impl Engine {
             let mut inst_touched = BTreeSet::new();
             for (seq, ev) in &batch {
                 self.cursor = *seq;
-                self.fold_event(ev, now, &mut muts, &mut jobs_touched, &mut inst_touched);
+                match ev {
+                    IntakeEvent::Job(ev) => {
+                        self.fold_event(ev, now, &mut muts, &mut jobs_touched, &mut inst_touched)
+                    }
+                    IntakeEvent::Start(req) => self.fold_start(req, now, &mut muts),
+                }
             }
             for id in jobs_touched {
                 muts.push(Mutation::PutJob(self.obs.jobs[&id].clone()));
@@ -398,6 +408,50 @@ impl Engine {
         if *inst != before {
             inst_touched.insert(inst.id.clone());
         }
+    }
+
+    /// A start request becomes a recorded launch (the planner makes the
+    /// call, as for a launch resumed after a crash). A request for a pool
+    /// that is not configured is recorded as a failed launch, so its
+    /// requester learns why.
+    fn fold_start(&mut self, req: &StartRequest, now: Millis, muts: &mut Vec<Mutation>) {
+        if self.obs.launches.contains_key(&req.id) {
+            return;
+        }
+        let pool = self.cfg.pool(&req.pool);
+        let scope = pool.map_or_else(
+            || Scope::Repo(req.repo.clone()),
+            |p| scope_for(p, &req.repo),
+        );
+        let mut launch = Launch {
+            id: req.id.clone(),
+            pool: req.pool.clone(),
+            scope,
+            job_id: None,
+            unique_label: Some(req.unique_label.clone()),
+            name: req.name.clone(),
+            state: LaunchState::Requested,
+            requested_at: req.at.min(now),
+            instance_id: None,
+            error: None,
+            not_before: 0,
+        };
+        let what = if pool.is_none() {
+            let msg = format!("pool {:?} is not configured", req.pool);
+            launch.state = LaunchState::Failed;
+            launch.error = Some((ErrorKind::Invalid, msg.clone()));
+            warn!(launch_id = %req.id, repo = %req.repo, "start request refused: {msg}");
+            format!("start {} for {} refused: {msg}", req.id, req.repo)
+        } else {
+            info!(launch_id = %req.id, repo = %req.repo, pool = %req.pool, "start request accepted");
+            format!(
+                "start {} for {} in pool {} (label {})",
+                req.id, req.repo, req.pool, req.unique_label
+            )
+        };
+        muts.push(timeline(now, None, None, what));
+        muts.push(Mutation::PutLaunch(launch.clone()));
+        self.obs.launches.insert(req.id.clone(), launch);
     }
 
     /// What the planner would do now, without doing it.

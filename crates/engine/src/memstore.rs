@@ -5,14 +5,14 @@ use std::collections::{BTreeMap, HashSet};
 use std::sync::Mutex;
 
 use async_trait::async_trait;
-use runfleet_core::model::{Instance, Job, JobEvent, Launch};
+use runfleet_core::model::{Instance, IntakeEvent, Job, Launch};
 
 use crate::ports::{Intake, Mutation, PortResult, Snapshot, Store, TimelineEvent};
 
 #[derive(Default)]
 struct Inner {
     deliveries: HashSet<String>,
-    log: Vec<(u64, JobEvent)>,
+    log: Vec<(u64, IntakeEvent)>,
     seq: u64,
     jobs: BTreeMap<u64, Job>,
     launches: BTreeMap<String, Launch>,
@@ -39,7 +39,7 @@ impl MemStore {
 
 #[async_trait]
 impl Store for MemStore {
-    async fn intake(&self, delivery_id: &str, event: &JobEvent) -> PortResult<Intake> {
+    async fn intake_event(&self, delivery_id: &str, event: &IntakeEvent) -> PortResult<Intake> {
         let mut g = self.inner.lock().unwrap();
         if !g.deliveries.insert(delivery_id.to_string()) {
             return Ok(Intake::Duplicate);
@@ -50,7 +50,7 @@ impl Store for MemStore {
         Ok(Intake::Stored(seq))
     }
 
-    async fn intake_since(&self, cursor: u64, limit: usize) -> PortResult<Vec<(u64, JobEvent)>> {
+    async fn intake_since(&self, cursor: u64, limit: usize) -> PortResult<Vec<(u64, IntakeEvent)>> {
         let g = self.inner.lock().unwrap();
         let start = g.log.partition_point(|(s, _)| *s <= cursor);
         Ok(g.log[start..].iter().take(limit).cloned().collect())

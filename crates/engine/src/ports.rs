@@ -4,7 +4,8 @@
 use async_trait::async_trait;
 use runfleet_core::config::{CapacityMarket, Secret};
 use runfleet_core::model::{
-    ErrorKind, Instance, InstanceState, Job, JobEvent, Launch, Millis, Offering, Runner, Scope,
+    ErrorKind, Instance, InstanceState, IntakeEvent, Job, JobEvent, Launch, Millis, Offering,
+    Runner, Scope,
 };
 use serde::{Deserialize, Serialize};
 
@@ -193,12 +194,21 @@ pub enum Intake {
 /// PostgreSQL.
 #[async_trait]
 pub trait Store: Send + Sync {
-    /// Durably records a job observation under a delivery id (webhook
-    /// `X-GitHub-Delivery`, or a synthetic id for polled observations).
-    /// The same delivery id twice stores nothing the second time.
-    async fn intake(&self, delivery_id: &str, event: &JobEvent) -> PortResult<Intake>;
-    /// Observations stored after sequence number `cursor`, in order.
-    async fn intake_since(&self, cursor: u64, limit: usize) -> PortResult<Vec<(u64, JobEvent)>>;
+    /// Durably records an intake event under a delivery id (webhook
+    /// `X-GitHub-Delivery`, a synthetic id for polled observations, the
+    /// request id of a start request). The same delivery id twice stores
+    /// nothing the second time.
+    async fn intake_event(&self, delivery_id: &str, event: &IntakeEvent) -> PortResult<Intake>;
+    /// [`Store::intake_event`] for a job observation.
+    async fn intake(&self, delivery_id: &str, event: &JobEvent) -> PortResult<Intake> {
+        self.intake_event(delivery_id, &IntakeEvent::Job(event.clone()))
+            .await
+    }
+    /// Events stored after sequence number `cursor`, in order of their
+    /// sequence numbers. A sequence number is never reused, and an event
+    /// becomes visible only once every smaller number that will ever be
+    /// visible is (so a reader that advances its cursor misses nothing).
+    async fn intake_since(&self, cursor: u64, limit: usize) -> PortResult<Vec<(u64, IntakeEvent)>>;
     async fn load(&self) -> PortResult<Snapshot>;
     async fn apply(&self, batch: &[Mutation]) -> PortResult<()>;
     /// Recent timeline entries, newest last.

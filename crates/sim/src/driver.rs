@@ -322,7 +322,7 @@ pub async fn run(
             w.take_due_webhooks()
         };
         for (id, ev) in &deliveries {
-            Engine::intake(&*dyn_store, id, ev)
+            Engine::intake(&*dyn_store, id, &ev.clone().into())
                 .await
                 .map_err(|e| e.to_string())?;
         }

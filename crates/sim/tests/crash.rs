@@ -79,7 +79,9 @@ async fn crash_and_restart(fault: Fault) {
             launches: AtomicU32::new(0),
         },
     });
-    Engine::intake(&*store, "d-1", &queued(7)).await.unwrap();
+    Engine::intake(&*store, "d-1", &queued(7).into())
+        .await
+        .unwrap();
 
     let mut first = Engine::new(
         cfg.clone(),

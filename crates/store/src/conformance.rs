@@ -29,8 +29,8 @@ use proptest::strategy::ValueTree;
 use proptest::test_runner::TestRunner;
 use runfleet_core::config::CapacityMarket;
 use runfleet_core::model::{
-    ErrorKind, Instance, InstanceState, Job, JobEvent, JobState, JobStatus, Launch, LaunchState,
-    Millis, Scope, TerminateReason,
+    ErrorKind, Instance, InstanceState, IntakeEvent, Job, JobEvent, JobState, JobStatus, Launch,
+    LaunchState, Millis, Scope, StartRequest, TerminateReason,
 };
 use runfleet_engine::memstore::MemStore;
 use runfleet_engine::ports::{Intake, Mutation, Snapshot, Store, TimelineEvent};
@@ -90,6 +90,7 @@ macro_rules! conformance_tests {
             reopen_sees_everything_committed,
             concurrent_intakes_store_each_delivery_once,
             tailing_intake_since_misses_nothing,
+            start_requests_share_the_intake_log,
         );
     };
     (@cases $make:expr; $($case:ident),* $(,)?) => {
@@ -173,10 +174,22 @@ pub fn timeline_event(at: Millis, job_id: Option<u64>, what: &str) -> TimelineEv
 }
 
 async fn all_intake(store: &dyn Store) -> Vec<(u64, JobEvent)> {
-    store
-        .intake_since(0, usize::MAX)
-        .await
-        .expect("intake_since")
+    jobs_only(
+        store
+            .intake_since(0, usize::MAX)
+            .await
+            .expect("intake_since"),
+    )
+}
+
+/// The job observations of an intake page (these cases store no start requests).
+fn jobs_only(page: Vec<(u64, IntakeEvent)>) -> Vec<(u64, JobEvent)> {
+    page.into_iter()
+        .map(|(seq, ev)| match ev {
+            IntakeEvent::Job(ev) => (seq, ev),
+            IntakeEvent::Start(req) => panic!("unexpected start request {req:?} at {seq}"),
+        })
+        .collect()
 }
 
 fn assert_strictly_increasing(seqs: impl IntoIterator<Item = u64>) {
@@ -535,7 +548,10 @@ pub async fn intake_since_order_and_limit(db: &dyn TestDb) {
         assert!(pages.len() <= 3, "paging does not end: {pages:?}");
     }
     assert_eq!(pages, [10, 10, 5]);
-    assert_eq!(s.intake_since(log[4].0, 3).await.unwrap(), log[5..8]);
+    assert_eq!(
+        jobs_only(s.intake_since(log[4].0, 3).await.unwrap()),
+        log[5..8]
+    );
     // A cursor that is not a stored seq starts after it all the same.
     let after: Vec<_> = log
         .iter()
@@ -543,7 +559,10 @@ pub async fn intake_since_order_and_limit(db: &dyn TestDb) {
         .take(2)
         .cloned()
         .collect();
-    assert_eq!(s.intake_since(log[4].0 + 1, 2).await.unwrap(), after);
+    assert_eq!(
+        jobs_only(s.intake_since(log[4].0 + 1, 2).await.unwrap()),
+        after
+    );
     assert!(s.intake_since(0, 0).await.unwrap().is_empty());
     assert!(s.intake_since(log[24].0, 10).await.unwrap().is_empty());
     assert!(s.intake_since(u64::MAX, 10).await.unwrap().is_empty());
@@ -1125,7 +1144,7 @@ pub async fn tailing_intake_since_misses_nothing(db: &dyn TestDb) {
             cursor = *last;
         }
         let empty = page.is_empty();
-        seen.extend(page);
+        seen.extend(jobs_only(page));
         assert!(
             seen.len() <= 400,
             "the tailing reader got entries more than once"
@@ -1143,4 +1162,36 @@ pub async fn tailing_intake_since_misses_nothing(db: &dyn TestDb) {
     let all = all_intake(&*s).await;
     assert_eq!(all.len(), 400);
     assert_eq!(seen, all, "the tailing reader missed or repeated entries");
+}
+
+/// Start requests (`launch`, `/v1/start`) go through the same log as job
+/// observations, in order, and a repeated request id stores nothing.
+pub async fn start_requests_share_the_intake_log(db: &dyn TestDb) {
+    let s = db.open().await;
+    let job = event(3, JobStatus::Queued, 100);
+    let start = StartRequest {
+        id: "fleet-r00ff".into(),
+        repo: "acme/app".into(),
+        pool: "linux".into(),
+        unique_label: "rf-00ff".into(),
+        name: Some("build box".into()),
+        at: 150,
+    };
+    let a = stored(s.intake("d-job", &job).await.unwrap());
+    let b = stored(
+        s.intake_event(&start.id, &IntakeEvent::Start(start.clone()))
+            .await
+            .unwrap(),
+    );
+    assert!(a < b);
+    assert_eq!(
+        s.intake_event(&start.id, &IntakeEvent::Start(start.clone()))
+            .await
+            .unwrap(),
+        Intake::Duplicate
+    );
+    assert_eq!(
+        s.intake_since(0, 10).await.unwrap(),
+        vec![(a, IntakeEvent::Job(job)), (b, IntakeEvent::Start(start))]
+    );
 }

@@ -16,7 +16,7 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use runfleet_core::model::{ErrorKind, Instance, Job, JobEvent, Launch};
+use runfleet_core::model::{ErrorKind, Instance, IntakeEvent, Job, Launch};
 use runfleet_engine::ports::{
     Intake, Mutation, PortError, PortResult, Snapshot, Store, TimelineEvent,
 };
@@ -317,18 +317,22 @@ pub struct WriterSettings {
 
 #[async_trait]
 impl Store for SqliteStore {
-    async fn intake(&self, delivery_id: &str, event: &JobEvent) -> PortResult<Intake> {
+    async fn intake_event(&self, delivery_id: &str, event: &IntakeEvent) -> PortResult<Intake> {
         let event_json = to_json(&self.location, "intake event", event)?;
         let op = IntakeOp {
             delivery: delivery_id.to_owned(),
-            job_id: i(event.job_id),
+            // Start requests have no job: 0 (GitHub job ids start at 1).
+            job_id: match event {
+                IntakeEvent::Job(ev) => i(ev.job_id),
+                IntakeEvent::Start(_) => 0,
+            },
             event_json,
         };
         self.send(|reply| Op::Write(WriteOp::Intake(op, reply)))
             .await
     }
 
-    async fn intake_since(&self, cursor: u64, limit: usize) -> PortResult<Vec<(u64, JobEvent)>> {
+    async fn intake_since(&self, cursor: u64, limit: usize) -> PortResult<Vec<(u64, IntakeEvent)>> {
         // Sequence numbers are positive i64s: nothing lies after a larger cursor.
         let Ok(cursor) = i64::try_from(cursor) else {
             return Ok(Vec::new());

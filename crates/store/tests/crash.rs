@@ -12,7 +12,7 @@ use std::os::unix::process::ExitStatusExt;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 
-use runfleet_core::model::{JobState, JobStatus};
+use runfleet_core::model::{IntakeEvent, JobState, JobStatus};
 use runfleet_engine::ports::{Intake, Mutation, Store};
 use runfleet_store::SqliteStore;
 use runfleet_store::conformance::{event, job, timeline_event};
@@ -147,7 +147,13 @@ fn kill_9_loses_nothing_acknowledged() {
             log.windows(2).all(|w| w[0].0 < w[1].0),
             "seqs out of order after the crash"
         );
-        let by_job: BTreeMap<u64, u64> = log.iter().map(|(seq, ev)| (ev.job_id, *seq)).collect();
+        let by_job: BTreeMap<u64, u64> = log
+            .iter()
+            .map(|(seq, ev)| match ev {
+                IntakeEvent::Job(ev) => (ev.job_id, *seq),
+                IntakeEvent::Start(req) => panic!("no start request was stored: {req:?}"),
+            })
+            .collect();
         assert_eq!(by_job.len(), log.len(), "a delivery stored twice");
         for (id, seq) in &acked {
             assert_eq!(
