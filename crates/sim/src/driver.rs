@@ -161,6 +161,9 @@ pub struct Summary {
     pub wasted_instance_seconds: u64,
     pub busy_instance_seconds: u64,
     pub simulated_seconds: u64,
+    /// Virtual time of the first and the last launch call that started an
+    /// instance of this fleet (ms), for burst measurements.
+    pub launch_calls_ms: (Millis, Millis),
     pub timed_out: bool,
     pub calls: CallCounts,
     pub faults_injected: FaultCounts,
@@ -436,6 +439,10 @@ pub async fn run(
         wasted_instance_seconds: alive_ms.saturating_sub(busy_ms) / 1000,
         busy_instance_seconds: busy_ms / 1000,
         simulated_seconds: w.now / 1000,
+        launch_calls_ms: (
+            ours.iter().map(|i| i.launched_at).min().unwrap_or(0),
+            ours.iter().map(|i| i.launched_at).max().unwrap_or(0),
+        ),
         timed_out,
         calls: w.calls.clone(),
         faults_injected: w.faults.clone(),
