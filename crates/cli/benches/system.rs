@@ -10,7 +10,6 @@
 //! compare rows of one run rather than runs on different machines.
 
 #[path = "../../aws/tests/common/mod.rs"]
-#[allow(dead_code)]
 mod aws;
 
 use std::io::{BufRead, BufReader};
