@@ -24,7 +24,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Result, anyhow, bail};
-use runfleet_core::config::{Config, parse_duration};
+use runfleet_core::config::{Config, format_duration, parse_duration};
 use runfleet_core::model::{IntakeEvent, LaunchState, StartRequest, TerminateReason};
 use runfleet_core::plan::Action;
 use runfleet_core::runs::{RunState, RunStatus, run_status};
@@ -107,6 +107,8 @@ struct Broker {
     engine: Engine,
     id: String,
     progress: Progress,
+    /// `--timeout` as the user wrote it (or `boot_timeout`), for messages.
+    timeout: String,
 }
 
 enum Step {
@@ -202,7 +204,8 @@ impl Broker {
                     None => String::new(),
                 };
                 return Ok(Step::Failed(format!(
-                    "the runner was not set up within the timeout ({phase}){why}"
+                    "the runner was not set up within {} (still {phase}){why}",
+                    self.timeout
                 )));
             }
             if done == 0 {
@@ -248,9 +251,10 @@ impl Broker {
                 _ => {}
             }
             if tokio::time::Instant::now() >= deadline {
-                return Ok(Step::Failed(
-                    "the runner did not come online within the timeout".into(),
-                ));
+                return Ok(Step::Failed(format!(
+                    "the runner did not come online within {}",
+                    self.timeout
+                )));
             }
             tokio::time::sleep_until(deadline.min(tokio::time::Instant::now() + POLL)).await;
         }
@@ -347,6 +351,7 @@ async fn launch(cfg: Config, args: LaunchArgs, timeout: Duration) -> Result<Exit
         engine,
         id,
         progress: Progress::new(),
+        timeout: format_duration(timeout),
     };
     broker.progress.set("launching", &format!("pool {}", args.pool));
 

@@ -156,16 +156,21 @@ fn init_logs(format: Option<LogFormat>, default_filter: &str) {
         None => !std::io::stderr().is_terminal(),
     };
     // The SDK's wire-level TRACE lines can hold request and response bodies:
-    // they are capped whatever RUNFLEET_LOG asks for.
+    // they are capped whatever RUNFLEET_LOG asks for. The caps are directives
+    // at DEBUG, so they are added only when something asks for TRACE: added
+    // to a quieter filter they would turn the SDK's DEBUG lines on.
     let wanted = std::env::var("RUNFLEET_LOG").unwrap_or_else(|_| default_filter.to_string());
-    let filter =
-        tracing_subscriber::EnvFilter::try_new(format!("{wanted},{}", runfleet_aws::LOG_CAPS))
-            .unwrap_or_else(|_| {
-                tracing_subscriber::EnvFilter::new(format!(
-                    "{default_filter},{}",
-                    runfleet_aws::LOG_CAPS
-                ))
-            });
+    let with_caps = |f: &str| {
+        let asks_trace = f.to_ascii_lowercase().contains("trace")
+            || f.split(',').any(|d| d.rsplit('=').next().map(str::trim) == Some("5"));
+        if asks_trace {
+            format!("{f},{}", runfleet_aws::LOG_CAPS)
+        } else {
+            f.to_string()
+        }
+    };
+    let filter = tracing_subscriber::EnvFilter::try_new(with_caps(&wanted))
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(with_caps(default_filter)));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
