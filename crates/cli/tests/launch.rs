@@ -185,19 +185,6 @@ fn answer(o: &Output) -> (Vec<String>, String, String) {
     )
 }
 
-/// Polls until `cond` holds or `secs` pass.
-async fn until<F, Fut>(what: &str, secs: u64, mut cond: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    while !cond().await {
-        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn launch_prints_labels_writes_outputs_and_registers_a_runner_only_its_job_can_take() {
     let Some(e) = env("basic").await else { return };
