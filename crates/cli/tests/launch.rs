@@ -610,3 +610,80 @@ fn the_example_workflow_uses_only_what_the_action_declares() {
         Some("${{ fromJSON(needs.start.outputs.labels) }}")
     );
 }
+
+// ------------------------------------------------------------------ examples
+
+#[test]
+fn the_example_broker_config_is_valid() {
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_runfleet"))
+        .args(["config", "validate", "--config"])
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/broker.toml"))
+        .env("RUNFLEET_GITHUB_TOKEN", "placeholder")
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", text(&o.stderr));
+}
+
+/// Every AWS call the adapter makes is granted by the broker policy (or
+/// explained in the setup guide), and the runner instances may only read
+/// runner configs.
+#[test]
+fn the_example_iam_policies_cover_every_call_runfleet_makes() {
+    let mut calls = std::collections::BTreeSet::new();
+    for file in ["crates/aws/src/cloud.rs", "crates/aws/src/check.rs"] {
+        let src = repo_file(file);
+        for prefix in ["\"ec2:", "\"ssm:", "\"sts:"] {
+            for (at, _) in src.match_indices(prefix) {
+                let rest = &src[at + prefix.len()..];
+                let op: String = rest
+                    .chars()
+                    .take_while(|c| c.is_ascii_alphanumeric())
+                    .collect();
+                // Operation names only ("ssm: fleet name is ..." is a message).
+                if op.starts_with(|c: char| c.is_ascii_uppercase()) {
+                    calls.insert(format!("{}{op}", &prefix[1..]));
+                }
+            }
+        }
+    }
+    assert!(calls.contains("ec2:RunInstances") && calls.len() >= 8, "{calls:?}");
+    let policy: serde_json::Value =
+        serde_json::from_str(&repo_file("examples/iam/broker-policy.json")).unwrap();
+    let mut granted = std::collections::BTreeSet::new();
+    for st in policy["Statement"].as_array().unwrap() {
+        assert_eq!(st["Effect"], "Allow");
+        match &st["Action"] {
+            serde_json::Value::String(a) => {
+                granted.insert(a.clone());
+            }
+            serde_json::Value::Array(v) => {
+                granted.extend(v.iter().map(|a| a.as_str().unwrap().to_string()));
+            }
+            other => panic!("Action {other}"),
+        }
+        let resources = st["Resource"].to_string();
+        assert!(!resources.contains("\"*\"") || st["Sid"] == "DescribeCannotBeScopedByAws");
+    }
+    let guide = repo_file("examples/broker-setup.md");
+    for call in &calls {
+        assert!(
+            granted.contains(call) || guide.contains(&format!("`{call}`")),
+            "{call} is neither granted nor explained"
+        );
+    }
+    for g in &granted {
+        assert!(
+            calls.contains(g) || g == "ec2:CreateTags" || g == "iam:PassRole",
+            "{g} is granted but runfleet never calls it"
+        );
+    }
+    let runner: serde_json::Value =
+        serde_json::from_str(&repo_file("examples/iam/runner-instance-policy.json")).unwrap();
+    let st = runner["Statement"].as_array().unwrap();
+    assert_eq!(st.len(), 1);
+    assert_eq!(st[0]["Action"], "ssm:GetParameter");
+    assert_eq!(
+        st[0]["Resource"],
+        "arn:aws:ssm:REGION:ACCOUNT_ID:parameter/runfleet/FLEET/instances/*"
+    );
+}
