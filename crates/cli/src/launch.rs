@@ -353,7 +353,9 @@ async fn launch(cfg: Config, args: LaunchArgs, timeout: Duration) -> Result<Exit
         progress: Progress::new(),
         timeout: format_duration(timeout),
     };
-    broker.progress.set("launching", &format!("pool {}", args.pool));
+    broker
+        .progress
+        .set("launching", &format!("pool {}", args.pool));
 
     let outcome = tokio::select! {
         r = async {

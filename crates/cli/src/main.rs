@@ -162,7 +162,8 @@ fn init_logs(format: Option<LogFormat>, default_filter: &str) {
     let wanted = std::env::var("RUNFLEET_LOG").unwrap_or_else(|_| default_filter.to_string());
     let with_caps = |f: &str| {
         let asks_trace = f.to_ascii_lowercase().contains("trace")
-            || f.split(',').any(|d| d.rsplit('=').next().map(str::trim) == Some("5"));
+            || f.split(',')
+                .any(|d| d.rsplit('=').next().map(str::trim) == Some("5"));
         if asks_trace {
             format!("{f},{}", runfleet_aws::LOG_CAPS)
         } else {

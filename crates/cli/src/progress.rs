@@ -48,10 +48,7 @@ impl Progress {
         }
         match &self.bar {
             Some(bar) => bar.set_message(msg.clone()),
-            None => eprintln!(
-                "runfleet: [{:>4}s] {msg}",
-                self.started.elapsed().as_secs()
-            ),
+            None => eprintln!("runfleet: [{:>4}s] {msg}", self.started.elapsed().as_secs()),
         }
         self.last = Some(msg);
     }
@@ -98,7 +95,10 @@ impl RunOutput {
                 .open(&path)
                 .and_then(|mut f| f.write_all(lines.as_bytes()))
                 .with_context(|| {
-                    format!("cannot append to GITHUB_OUTPUT ({})", path.to_string_lossy())
+                    format!(
+                        "cannot append to GITHUB_OUTPUT ({})",
+                        path.to_string_lossy()
+                    )
                 })?;
         }
         Ok(())

@@ -153,7 +153,12 @@ async fn oidc_token(http: &Client, audience: &str) -> Result<String> {
         .header(AUTHORIZATION, auth)
         .send()
         .await
-        .map_err(|e| anyhow!("cannot reach GitHub's OIDC token endpoint: {}", e.without_url()))?;
+        .map_err(|e| {
+            anyhow!(
+                "cannot reach GitHub's OIDC token endpoint: {}",
+                e.without_url()
+            )
+        })?;
     let status = r.status();
     let body = r.text().await.unwrap_or_default();
     if !status.is_success() {
@@ -252,11 +257,7 @@ async fn start(args: StartArgs, base: Url, timeout: Duration) -> Result<ExitCode
     progress.set("pending", &format!("run {}", accepted.id));
     let run_url = endpoint(&base, &format!("/v1/runs/{}", accepted.id));
     loop {
-        let got = http
-            .get(&run_url)
-            .headers(auth.headers(b"")?)
-            .send()
-            .await;
+        let got = http.get(&run_url).headers(auth.headers(b"")?).send().await;
         match got {
             Err(e) => progress.set("unreachable", &e.without_url().to_string()),
             Ok(r) => {
@@ -271,7 +272,10 @@ async fn start(args: StartArgs, base: Url, timeout: Duration) -> Result<ExitCode
                     );
                 }
                 let run: RunView = serde_json::from_str(&text).map_err(|e| {
-                    anyhow!("GET /v1/runs/{} answered an unreadable run: {e}", accepted.id)
+                    anyhow!(
+                        "GET /v1/runs/{} answered an unreadable run: {e}",
+                        accepted.id
+                    )
                 })?;
                 let detail = match (&run.instance_id, &run.runner_name) {
                     (_, Some(r)) => format!("runner {r}"),

@@ -218,9 +218,7 @@ async fn launch_prints_labels_writes_outputs_and_registers_a_runner_only_its_job
     assert_eq!(runner, format!("runfleet-linux-x64-{iid}"));
     assert_eq!(
         std::fs::read_to_string(&out_file).unwrap(),
-        format!(
-            "labels=[\"self-hosted\",\"{unique}\"]\ninstance-id={iid}\nrunner-name={runner}\n"
-        )
+        format!("labels=[\"self-hosted\",\"{unique}\"]\ninstance-id={iid}\nrunner-name={runner}\n")
     );
 
     // The instance, tagged from the launch call itself.
@@ -238,7 +236,10 @@ async fn launch_prints_labels_writes_outputs_and_registers_a_runner_only_its_job
     let jit = e.param(&iid).await.expect("the JIT config is in SSM");
     let registered = e.fake.runner_of_jit(&jit).expect("a runner for the config");
     assert_eq!(registered.name, runner);
-    assert_eq!(registered.labels, vec!["self-hosted".to_string(), unique.clone()]);
+    assert_eq!(
+        registered.labels,
+        vec!["self-hosted".to_string(), unique.clone()]
+    );
     assert!(
         !text(&o.stdout).contains(&jit) && !text(&o.stderr).contains(&jit),
         "the JIT config is never printed"
@@ -321,9 +322,11 @@ async fn wait_returns_once_the_runner_is_online_and_its_parameter_is_gone() {
         e.param(&iid).await.is_none(),
         "the parameter is deleted once the runner is online"
     );
-    assert!(std::fs::read_to_string(&out_file)
-        .unwrap()
-        .contains(&format!("instance-id={iid}\n")));
+    assert!(
+        std::fs::read_to_string(&out_file)
+            .unwrap()
+            .contains(&format!("instance-id={iid}\n"))
+    );
     assert_eq!(e.alive().await, 1, "the instance stays for its job");
 }
 
@@ -376,14 +379,80 @@ async fn wait_times_out_and_leaves_no_instance_parameter_or_runner() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_cancelled_broker_cleans_up_before_it_exits() {
+    let Some(e) = env("cancel").await else {
+        return;
+    };
+    let config = e.config("10m");
+    let child = e
+        .launch(
+            &["--pool", "linux-x64", "--repo", "acme/app", "--wait"],
+            &config,
+            &e.dir.join("out"),
+        )
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let iid = loop {
+        if let Some((iid, _)) = e.ours().await.first()
+            && e.param(iid).await.is_some()
+        {
+            break iid.clone();
+        }
+        assert!(Instant::now() < deadline, "no instance with its config");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    // What a cancelled workflow does to its steps.
+    let pid = child.id().unwrap().to_string();
+    let killed = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let o = tokio::time::timeout(Duration::from_secs(30), child.wait_with_output())
+        .await
+        .expect("the broker exits")
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1), "stderr: {}", text(&o.stderr));
+    assert!(
+        text(&o.stderr)
+            .lines()
+            .last()
+            .unwrap()
+            .contains("interrupted"),
+        "{}",
+        text(&o.stderr)
+    );
+    assert_eq!(e.alive().await, 0, "the instance is terminated");
+    assert!(e.param(&iid).await.is_none());
+    assert!(
+        e.fake
+            .runner_by_name(&format!("runfleet-linux-x64-{iid}"))
+            .is_none()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_launch_that_cannot_succeed_fails_with_the_reason() {
     let Some(e) = env("bad").await else { return };
     // Subnets that do not exist: every offering of the chain is refused.
-    let config = e.config_with("10m", ["subnet-00000000000000001", "subnet-00000000000000002"]);
+    let config = e.config_with(
+        "10m",
+        ["subnet-00000000000000001", "subnet-00000000000000002"],
+    );
     let started = Instant::now();
     let o = e
         .launch(
-            &["--pool", "linux-x64", "--repo", "acme/app", "--timeout", "20s"],
+            &[
+                "--pool",
+                "linux-x64",
+                "--repo",
+                "acme/app",
+                "--timeout",
+                "20s",
+            ],
             &config,
             &e.dir.join("out"),
         )
@@ -409,11 +478,22 @@ async fn a_launch_that_cannot_succeed_fails_with_the_reason() {
     let config = e.config("10m");
     let o = e
         .launch(
-            &["--pool", "linux-x64", "--repo", "acme/app", "--wait", "--timeout", "30s"],
+            &[
+                "--pool",
+                "linux-x64",
+                "--repo",
+                "acme/app",
+                "--wait",
+                "--timeout",
+                "30s",
+            ],
             &config,
             &e.dir.join("out"),
         )
-        .env("TEST_GITHUB_TOKEN", "ghp_notavalidtokenatall000000000000000000")
+        .env(
+            "TEST_GITHUB_TOKEN",
+            "ghp_notavalidtokenatall000000000000000000",
+        )
         .output()
         .await
         .unwrap();
@@ -504,7 +584,9 @@ instance_types = ["t3.micro"]
 // ---------------------------------------------------------------- action.yml
 
 fn repo_file(path: &str) -> String {
-    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").join(path);
+    let p = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .join(path);
     std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
 }
 
@@ -552,7 +634,10 @@ fn the_action_wraps_launch_and_maps_its_outputs() {
         );
     }
     // Inputs reach the script through env, never spliced into the shell text.
-    assert!(!run.contains("${{"), "no expression inside the script: {run}");
+    assert!(
+        !run.contains("${{"),
+        "no expression inside the script: {run}"
+    );
 }
 
 #[test]
@@ -579,7 +664,10 @@ fn the_example_workflow_uses_only_what_the_action_declares() {
     let step = uses[0];
     let step_id = step["id"].as_str().expect("the action step has an id");
     for k in keys(&step["with"]) {
-        assert!(inputs.contains(&k), "input {k} is not declared by action.yml");
+        assert!(
+            inputs.contains(&k),
+            "input {k} is not declared by action.yml"
+        );
     }
     // Every required input without a default is given.
     for i in &inputs {
@@ -646,7 +734,10 @@ fn the_example_iam_policies_cover_every_call_runfleet_makes() {
             }
         }
     }
-    assert!(calls.contains("ec2:RunInstances") && calls.len() >= 8, "{calls:?}");
+    assert!(
+        calls.contains("ec2:RunInstances") && calls.len() >= 8,
+        "{calls:?}"
+    );
     let policy: serde_json::Value =
         serde_json::from_str(&repo_file("examples/iam/broker-policy.json")).unwrap();
     let mut granted = std::collections::BTreeSet::new();

@@ -124,10 +124,7 @@ const ACCEPTED: &str =
 
 fn run_json(state: &str, instance: Option<&str>, extra: &str) -> String {
     let (iid, runner) = match instance {
-        Some(i) => (
-            format!("\"{i}\""),
-            format!("\"runfleet-linux-x64-{i}\""),
-        ),
+        Some(i) => (format!("\"{i}\""), format!("\"runfleet-linux-x64-{i}\"")),
         None => ("null".into(), "null".into()),
     };
     format!(
@@ -256,12 +253,7 @@ async fn token_and_hmac_request_is_signed_and_waiting_prints_the_online_run() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn oidc_token_is_requested_for_the_audience_and_sent_as_bearer() {
-    let (url, api) = serve(accepted_then(vec![run_json(
-        "booting",
-        Some("i-0def"),
-        "",
-    )]))
-    .await;
+    let (url, api) = serve(accepted_then(vec![run_json("booting", Some("i-0def"), "")])).await;
     let mut c = runfleet(&[
         "--url",
         &format!("{url}/"),
@@ -310,7 +302,11 @@ async fn refusals_exit_1_with_the_servers_reason_on_one_line() {
             "{\"error\":\"pool \\\"gpu\\\"\\nis not configured\"}",
             "HTTP 400: pool \"gpu\" is not configured",
         ),
-        (502, "<html>bad gateway</html>", "HTTP 502: <html>bad gateway</html>"),
+        (
+            502,
+            "<html>bad gateway</html>",
+            "HTTP 502: <html>bad gateway</html>",
+        ),
     ] {
         let (url, _api) = serve(Script {
             start: (status, body.into()),
@@ -392,7 +388,10 @@ async fn a_failed_run_or_a_timeout_exits_1_with_the_reason() {
 async fn without_credentials_or_with_bad_arguments_nothing_is_sent() {
     let (url, api) = serve(accepted_then(vec![run_json("online", Some("i-1"), "")])).await;
     for (args, says) in [
-        (vec!["--url", url.as_str(), "--repo", "acme/app"], "id-token: write"),
+        (
+            vec!["--url", url.as_str(), "--repo", "acme/app"],
+            "id-token: write",
+        ),
         (
             vec![
                 "--url",
@@ -404,7 +403,10 @@ async fn without_credentials_or_with_bad_arguments_nothing_is_sent() {
             ],
             "NO_SUCH_VARIABLE_FOR_RUNFLEET",
         ),
-        (vec!["--url", "ftp://x", "--repo", "acme/app"], "http:// or https://"),
+        (
+            vec!["--url", "ftp://x", "--repo", "acme/app"],
+            "http:// or https://",
+        ),
         (vec!["--url", url.as_str(), "--repo", "acme"], "OWNER/NAME"),
     ] {
         let o = output(runfleet(&args)).await;

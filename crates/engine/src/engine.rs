@@ -485,7 +485,12 @@ impl Engine {
     /// state (and the store). Nothing else in the state changes, so a
     /// broker that shares its store with others never reconciles their
     /// instances. Does nothing while the run has no instance.
-    pub async fn observe_run(&mut self, launch_id: &str, now: Millis, cloud: bool) -> PortResult<()> {
+    pub async fn observe_run(
+        &mut self,
+        launch_id: &str,
+        now: Millis,
+        cloud: bool,
+    ) -> PortResult<()> {
         let Some(iid) = self
             .obs
             .launches
@@ -544,14 +549,16 @@ impl Engine {
                     inst.busy = r.busy;
                 }
             }
-            Some(None) => {
-                // An ephemeral runner disappears after its job.
-                if inst.runner_online_at.is_some() && inst.job_done_at.is_none() && inst.jit_written {
-                    inst.busy = false;
-                    inst.job_done_at = Some(now);
-                }
+            // An ephemeral runner disappears after its job.
+            Some(None)
+                if inst.runner_online_at.is_some()
+                    && inst.job_done_at.is_none()
+                    && inst.jit_written =>
+            {
+                inst.busy = false;
+                inst.job_done_at = Some(now);
             }
-            None => {}
+            Some(None) | None => {}
         }
         if let Some(found) = runner {
             self.obs.runners.retain(|r| r.name != name);
