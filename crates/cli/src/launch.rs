@@ -25,7 +25,7 @@ use std::time::Duration;
 
 use anyhow::{Result, anyhow, bail};
 use runfleet_core::config::{Config, format_duration, parse_duration};
-use runfleet_core::model::{IntakeEvent, LaunchState, StartRequest, TerminateReason};
+use runfleet_core::model::{ErrorKind, IntakeEvent, LaunchState, StartRequest, TerminateReason};
 use runfleet_core::plan::Action;
 use runfleet_core::runs::{RunState, RunStatus, run_status};
 use runfleet_engine::driver::now_ms;
@@ -262,7 +262,15 @@ impl Broker {
 
     /// Terminates the run's instance (deregistering its runner and deleting
     /// its parameter first). Returns what could not be cleaned up.
-    async fn clean_up(&mut self) -> Option<String> {
+    async fn clean_up(&mut self, reason: &str) -> Option<String> {
+        // Not launched (yet): record that no one should resume it.
+        if let Err(e) = self
+            .engine
+            .give_up_launch(&self.id, ErrorKind::Transient, reason)
+            .await
+        {
+            return Some(format!("store: {}", e.message));
+        }
         let iid = self.instance_id()?;
         let now = now_ms();
         // Learn the runner's id (it is registered from the moment its
@@ -382,7 +390,7 @@ async fn launch(cfg: Config, args: LaunchArgs, timeout: Duration) -> Result<Exit
         }
         Step::Failed(reason) => {
             broker.progress.set("cleaning up", "");
-            let left = broker.clean_up().await;
+            let left = broker.clean_up(&reason).await;
             broker.progress.finish();
             match left {
                 None => bail!("launch in pool {} failed: {reason}", args.pool),

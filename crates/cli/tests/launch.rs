@@ -43,7 +43,7 @@ async fn env(name: &str) -> Option<Env> {
 }
 
 impl Env {
-    fn config_with(&self, boot_timeout: &str, subnets: [&str; 2]) -> PathBuf {
+    fn config_with(&self, boot_timeout: &str, template: &str, subnets: [&str; 2]) -> PathBuf {
         let text = format!(
             r#"
 fleet = "{fleet}"
@@ -68,7 +68,6 @@ max_runners = 3
             fleet = self.fleet,
             dir = self.dir.display(),
             api = self.fake.url(),
-            template = self.world.template_id,
             s0 = subnets[0],
             s1 = subnets[1],
         );
@@ -80,6 +79,7 @@ max_runners = 3
     fn config(&self, boot_timeout: &str) -> PathBuf {
         self.config_with(
             boot_timeout,
+            &self.world.template_id,
             [&self.world.subnets[0], &self.world.subnets[1]],
         )
     }
@@ -440,6 +440,7 @@ async fn a_launch_that_cannot_succeed_fails_with_the_reason() {
     // Subnets that do not exist: every offering of the chain is refused.
     let config = e.config_with(
         "10m",
+        &e.world.template_id,
         ["subnet-00000000000000001", "subnet-00000000000000002"],
     );
     let started = Instant::now();
@@ -506,6 +507,54 @@ async fn a_launch_that_cannot_succeed_fails_with_the_reason() {
     assert_eq!(ours.len(), 1);
     assert_eq!(e.alive().await, 0, "the instance is terminated");
     assert!(e.param(&ours[0].0).await.is_none());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_launch_still_failing_at_the_timeout_is_given_up_in_the_store() {
+    let Some(e) = env("giveup").await else {
+        return;
+    };
+    // moto answers a launch from an unknown template with HTTP 500: a
+    // transient error, retried with the same token until the timeout.
+    let config = e.config_with(
+        "10m",
+        "lt-0123456789abcdef0",
+        [&e.world.subnets[0], &e.world.subnets[1]],
+    );
+    let o = e
+        .launch(
+            &[
+                "--pool",
+                "linux-x64",
+                "--repo",
+                "acme/app",
+                "--timeout",
+                "3s",
+            ],
+            &config,
+            &e.dir.join("out"),
+        )
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1), "stderr: {}", text(&o.stderr));
+    let stderr = text(&o.stderr);
+    let last = stderr.lines().last().unwrap_or_default();
+    assert!(
+        last.contains("not set up within 3s (still launching); last error: launch failed"),
+        "{stderr}"
+    );
+    let store = runfleet_store::open(&format!("sqlite://{}/runfleet.db", e.dir.display()))
+        .await
+        .unwrap();
+    let launches = store.load().await.unwrap().launches;
+    assert_eq!(launches.len(), 1);
+    assert_eq!(
+        launches[0].state,
+        runfleet_core::model::LaunchState::Failed,
+        "no one resumes a launch the broker gave up"
+    );
+    assert_eq!(e.alive().await, 0);
 }
 
 #[tokio::test]

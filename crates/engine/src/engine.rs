@@ -479,6 +479,32 @@ impl Engine {
         self.last_error.take()
     }
 
+    /// Gives up a launch that has not been made yet (state `Requested`):
+    /// records it as failed with `kind` and `msg`, so no one resumes it
+    /// later. A launch whose call did go through after all is found again
+    /// by its `runfleet:launch` tag and adopted by the next reconcile.
+    /// Returns whether the launch was given up.
+    pub async fn give_up_launch(
+        &mut self,
+        launch_id: &str,
+        kind: ErrorKind,
+        msg: &str,
+    ) -> PortResult<bool> {
+        let Some(l) = self
+            .obs
+            .launches
+            .get_mut(launch_id)
+            .filter(|l| l.state == LaunchState::Requested)
+        else {
+            return Ok(false);
+        };
+        l.state = LaunchState::Failed;
+        l.error = Some((kind, msg.to_string()));
+        let put = Mutation::PutLaunch(l.clone());
+        self.store.apply(&[put]).await?;
+        Ok(true)
+    }
+
     /// Observes one on-demand run only (`runfleet launch --wait`): lists the
     /// runners of its scope and, with `cloud`, this fleet's instances, and
     /// folds what they say about the run's instance and its runner into the
