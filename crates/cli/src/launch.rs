@@ -130,7 +130,8 @@ impl Broker {
     }
 
     /// Plans, keeps this run's actions, executes them once; returns how
-    /// many succeeded and the last adapter error, if any.
+    /// many succeeded, the last adapter error (if any) and whether it was a
+    /// permanent failure to register the runner.
     async fn act(&mut self) -> Result<(usize, Option<String>, bool)> {
         let now = now_ms();
         let iid = self.instance_id();

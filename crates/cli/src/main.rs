@@ -1,8 +1,10 @@
 //! The `runfleet` binary: parses the command line, builds the pieces, calls
 //! them. Thin by design: behaviour lives in the library crates.
 //!
-//! **Never**: decides what to launch or terminate (the planner does), prints
-//! a secret, or writes anything but machine-readable output to stdout.
+//! **Never**: decides what to launch or terminate (the planner does; the one
+//! exception is `launch` ending its own run when its `--timeout` passes or
+//! it is interrupted), prints a secret, or writes anything but
+//! machine-readable output to stdout.
 
 use std::io::IsTerminal;
 use std::path::PathBuf;

@@ -12,8 +12,8 @@
 //!
 //! **Public boundary**: [`ports`] (the traits adapters implement),
 //! [`Engine`] (`new`, `intake`, `step`, `reconcile`; `plan`,
-//! `execute_actions` and `observe_run` for a caller that acts on one run
-//! only), [`memstore::MemStore`].
+//! `execute_actions`, `observe_run`, `take_last_error` and `give_up_launch`
+//! for a caller that acts on one run only), [`memstore::MemStore`].
 
 pub mod driver;
 pub mod engine;
