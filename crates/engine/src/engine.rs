@@ -167,6 +167,7 @@ pub struct Engine {
     launch_bucket: TokenBucket,
     user_data: HashMap<String, Result<String, String>>,
     repos: Option<(Millis, Vec<String>)>,
+    last_error: Option<(String, PortError)>,
 }
 
 impl Engine {
@@ -234,6 +235,7 @@ impl Engine {
             opts,
             user_data,
             repos: None,
+            last_error: None,
         })
     }
 
@@ -467,6 +469,140 @@ impl Engine {
         now: Millis,
     ) -> PortResult<usize> {
         self.execute(actions, now).await
+    }
+
+    /// Takes the most recent adapter failure (`(operation, error)`, e.g.
+    /// `("provision", Auth: ...)`) recorded since the last call. A caller
+    /// that executes only its own actions (`runfleet launch`) learns from it
+    /// why its action did not happen; the messages hold no secret.
+    pub fn take_last_error(&mut self) -> Option<(String, PortError)> {
+        self.last_error.take()
+    }
+
+    /// Gives up a launch that has not been made yet (state `Requested`):
+    /// records it as failed with `kind` and `msg`, so no one resumes it
+    /// later. A launch whose call did go through after all is found again
+    /// by its `runfleet:launch` tag and adopted by the next reconcile.
+    /// Returns whether the launch was given up.
+    pub async fn give_up_launch(
+        &mut self,
+        launch_id: &str,
+        kind: ErrorKind,
+        msg: &str,
+    ) -> PortResult<bool> {
+        let Some(l) = self
+            .obs
+            .launches
+            .get_mut(launch_id)
+            .filter(|l| l.state == LaunchState::Requested)
+        else {
+            return Ok(false);
+        };
+        l.state = LaunchState::Failed;
+        l.error = Some((kind, msg.to_string()));
+        let put = Mutation::PutLaunch(l.clone());
+        self.store.apply(&[put]).await?;
+        Ok(true)
+    }
+
+    /// Observes one on-demand run only (`runfleet launch --wait`): lists the
+    /// runners of its scope and, with `cloud`, this fleet's instances, and
+    /// folds what they say about the run's instance and its runner into the
+    /// state (and the store). Nothing else in the state changes, so a
+    /// broker that shares its store with others never reconciles their
+    /// instances. Does nothing while the run has no instance.
+    pub async fn observe_run(
+        &mut self,
+        launch_id: &str,
+        now: Millis,
+        cloud: bool,
+    ) -> PortResult<()> {
+        let Some(iid) = self
+            .obs
+            .launches
+            .get(launch_id)
+            .and_then(|l| l.instance_id.clone())
+        else {
+            return Ok(());
+        };
+        let Some((scope, name)) = self
+            .obs
+            .instances
+            .get(&iid)
+            .and_then(|i| Some((i.scope.clone()?, i.runner_name())))
+        else {
+            return Ok(());
+        };
+        let listed_state = if cloud {
+            match self.cloud.list_instances(&self.cfg.fleet).await {
+                Ok(l) => {
+                    self.health.cloud(Ok(()));
+                    l.into_iter().find(|ci| ci.id == iid).map(|ci| ci.state)
+                }
+                Err(e) => {
+                    self.health.cloud(Err(&e));
+                    self.adapter_error("list_instances", &e);
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        let runner = match self.github.list_runners(&scope).await {
+            Ok(rs) => {
+                self.health.github(Ok(()));
+                Some(rs.into_iter().find(|r| r.name == name))
+            }
+            Err(e) => {
+                self.health.github(Err(&e));
+                self.adapter_error("list_runners", &e);
+                None
+            }
+        };
+        let Some(inst) = self.obs.instances.get_mut(&iid) else {
+            return Ok(());
+        };
+        let before = inst.clone();
+        if let Some(state) = listed_state {
+            inst.state = state;
+        }
+        match &runner {
+            Some(Some(r)) => {
+                if r.online || r.busy {
+                    inst.runner_online_at.get_or_insert(now);
+                }
+                if inst.job_done_at.is_none() {
+                    inst.busy = r.busy;
+                }
+            }
+            // An ephemeral runner disappears after its job.
+            Some(None)
+                if inst.runner_online_at.is_some()
+                    && inst.job_done_at.is_none()
+                    && inst.jit_written =>
+            {
+                inst.busy = false;
+                inst.job_done_at = Some(now);
+            }
+            Some(None) | None => {}
+        }
+        if let Some(found) = runner {
+            self.obs.runners.retain(|r| r.name != name);
+            self.obs.runners.extend(found);
+        }
+        if *inst != before {
+            let mut muts = vec![Mutation::PutInstance(inst.clone())];
+            if before.runner_online_at.is_none() && inst.runner_online_at.is_some() {
+                muts.push(timeline(
+                    now,
+                    None,
+                    Some(&iid),
+                    format!("runner {name} online"),
+                ));
+            }
+            self.store.apply(&muts).await?;
+        }
+        Ok(())
     }
 
     /// Plans and executes until there is nothing left to do right now.
@@ -974,6 +1110,7 @@ impl Engine {
     }
 
     fn adapter_error(&mut self, port: &str, e: &PortError) {
+        self.last_error = Some((port.to_string(), e.clone()));
         *self
             .stats
             .adapter_errors

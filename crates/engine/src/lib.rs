@@ -11,7 +11,9 @@
 //! [`ports::Store`], reads a clock (time is passed in), or logs a secret.
 //!
 //! **Public boundary**: [`ports`] (the traits adapters implement),
-//! [`Engine`] (`new`, `intake`, `step`, `reconcile`), [`memstore::MemStore`].
+//! [`Engine`] (`new`, `intake`, `step`, `reconcile`; `plan`,
+//! `execute_actions`, `observe_run`, `take_last_error` and `give_up_launch`
+//! for a caller that acts on one run only), [`memstore::MemStore`].
 
 pub mod driver;
 pub mod engine;
