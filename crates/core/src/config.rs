@@ -158,6 +158,10 @@ pub struct AwsConfig {
     pub region: Option<String>,
     pub role_arn: Option<String>,
     pub external_id: Option<Secret>,
+    /// `events_queue`: URL of the SQS queue an EventBridge rule feeds with
+    /// EC2 spot interruption warnings, rebalance recommendations and
+    /// instance state changes; `None`: no events, reconciliation only.
+    pub events_queue: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -181,6 +185,9 @@ pub struct PoolConfig {
     pub setup_script: Option<String>,
     pub role_arn: Option<String>,
     pub external_id: Option<Secret>,
+    /// `rerun_interrupted` (default true): a job that failed because EC2
+    /// reclaimed its spot instance under it is re-run once.
+    pub rerun_interrupted: bool,
 }
 
 impl Config {
@@ -502,6 +509,7 @@ struct RawAws {
     region: Option<RawStr>,
     role_arn: Option<RawStr>,
     external_id: Option<RawStr>,
+    events_queue: Option<RawStr>,
 }
 
 #[derive(Deserialize)]
@@ -525,6 +533,7 @@ struct RawPool {
     setup_script: Option<RawStr>,
     role_arn: Option<RawStr>,
     external_id: Option<RawStr>,
+    rerun_interrupted: Option<Spanned<RawBool>>,
 }
 
 /// An integer, or a string (which must be `env:`/`file:` to be accepted).
@@ -602,7 +611,8 @@ impl<'de> Deserialize<'de> for RawBool {
 /// false; per pool `subnets` [] (the launch template's), `market`
 /// "on-demand" (never a spot interruption unless asked for), `os` "linux",
 /// `arch` "x64", `max_runners` 10, `warm` 0, `runner_scope` "repo",
-/// `runner_group_id` 1, `max_lifetime` 6h.
+/// `runner_group_id` 1, `max_lifetime` 6h, `rerun_interrupted` true;
+/// `aws.events_queue` none.
 pub fn parse(text: &str, secrets: &dyn SecretSource) -> Result<Config, ConfigError> {
     let de = toml::de::Deserializer::parse(text).map_err(|e| syntax_error(text, &e))?;
     let raw = RawConfig::deserialize(de).map_err(|e| serde_error(text, &e))?;
@@ -1369,6 +1379,7 @@ impl Cx<'_> {
                 region: None,
                 role_arn: None,
                 external_id: None,
+                events_queue: None,
             });
         };
         let r = raw.get_ref();
@@ -1378,10 +1389,15 @@ impl Cx<'_> {
         }
         let (role_arn, external_id) =
             self.role("aws", r.role_arn.as_ref(), r.external_id.as_ref())?;
+        let events_queue = self.opt_string("aws.events_queue", r.events_queue.as_ref())?;
+        if let Some(url) = &events_queue {
+            self.checked("aws.events_queue", url, check_queue_url)?;
+        }
         Ok(AwsConfig {
             region: region.map(|r| r.v),
             role_arn,
             external_id,
+            events_queue: events_queue.map(|u| u.v),
         })
     }
 
@@ -1573,6 +1589,9 @@ impl Cx<'_> {
             r.role_arn.as_ref(),
             r.external_id.as_ref(),
         )?;
+        let rerun_interrupted = self
+            .bool(&key("rerun_interrupted"), r.rerun_interrupted.as_ref())?
+            .is_none_or(|b| b.v);
 
         Ok(PoolConfig {
             name: name.v,
@@ -1593,6 +1612,7 @@ impl Cx<'_> {
             setup_script: setup_script.map(|v| v.v),
             role_arn,
             external_id,
+            rerun_interrupted,
         })
     }
 }
@@ -1771,6 +1791,30 @@ fn check_store(v: &str) -> Result<(), String> {
         Some(rest) if !rest.is_empty() => Ok(()),
         Some(_) => Err("names no database after the scheme".to_owned()),
         None => Err("must start with sqlite://, postgres:// or postgresql://".to_owned()),
+    }
+}
+
+/// An SQS queue URL: `https://sqs.<region>.amazonaws.com/<account>/<name>`
+/// (or any `http(s)://host/<account>/<name>`, for endpoints like moto).
+fn check_queue_url(v: &str) -> Result<(), String> {
+    const WHAT: &str =
+        "must be an SQS queue URL like \"https://sqs.eu-west-2.amazonaws.com/123456789012/runfleet-events\"";
+    let ok = (|| {
+        let rest = v
+            .strip_prefix("https://")
+            .or_else(|| v.strip_prefix("http://"))?;
+        let (host, path) = rest.split_once('/')?;
+        let (account, name) = path.split_once('/')?;
+        let fine = |s: &str| {
+            !s.is_empty()
+                && s.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'))
+        };
+        (fine(host) && fine(account) && fine(name)).then_some(())
+    })();
+    match ok {
+        Some(()) => Ok(()),
+        None => Err(format!("{} {WHAT}", show(v))),
     }
 }
 

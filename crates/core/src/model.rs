@@ -152,6 +152,13 @@ pub struct Job {
     pub launches: u32,
     /// No launch for it before this time (backoff after a failed launch).
     pub retry_at: Millis,
+    /// `conclusion` of the completed job (`success`, `failure`, `cancelled`, ...).
+    #[serde(default)]
+    pub conclusion: Option<String>,
+    /// When runfleet asked GitHub to re-run it because its spot instance
+    /// was interrupted under it (at most once per job).
+    #[serde(default)]
+    pub rerun_requested_at: Option<Millis>,
 }
 
 impl Job {
@@ -169,6 +176,8 @@ impl Job {
             reason: None,
             launches: 0,
             retry_at: 0,
+            conclusion: None,
+            rerun_requested_at: None,
         };
         job.apply(ev);
         job
@@ -198,6 +207,9 @@ impl Job {
                     self.state = JobState::Completed;
                 }
                 self.completed_at = Some(self.completed_at.map_or(ev.at, |t| t.min(ev.at)));
+                if self.conclusion.is_none() && ev.conclusion.is_some() {
+                    self.conclusion.clone_from(&ev.conclusion);
+                }
                 if self.started_at.is_none() && ev.runner_name.is_some() {
                     self.started_at = Some(ev.at);
                 }
@@ -357,6 +369,9 @@ pub enum TerminateReason {
     Idle,
     /// Its pool is no longer configured.
     PoolRemoved,
+    /// EC2 announced a spot interruption or recommended a rebalance, and
+    /// its runner was not running a job: replaced at once.
+    Interrupted,
 }
 
 impl TerminateReason {
@@ -368,6 +383,7 @@ impl TerminateReason {
             TerminateReason::Orphan => "orphan",
             TerminateReason::Idle => "idle",
             TerminateReason::PoolRemoved => "pool_removed",
+            TerminateReason::Interrupted => "interrupted",
         }
     }
 }
@@ -401,6 +417,64 @@ pub struct Instance {
     /// Termination was requested at, and why.
     pub terminate_requested_at: Option<Millis>,
     pub terminate_reason: Option<TerminateReason>,
+    /// What it was launched as (type, subnet, market), when runfleet
+    /// launched it in this state's lifetime; `None` for one found by listing.
+    #[serde(default)]
+    pub offering: Option<Offering>,
+    /// The strongest interruption notice EC2 sent for it.
+    #[serde(default)]
+    pub interruption: Option<Interruption>,
+}
+
+/// How strongly EC2 warned that an instance will go away; ordered by
+/// severity, so a later, weaker notice never replaces a stronger one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum InterruptionKind {
+    /// "EC2 Instance Rebalance Recommendation": at elevated risk of interruption.
+    Rebalance,
+    /// "EC2 Spot Instance Interruption Warning": reclaimed in two minutes.
+    SpotWarning,
+}
+
+impl InterruptionKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            InterruptionKind::Rebalance => "rebalance",
+            InterruptionKind::SpotWarning => "spot_warning",
+        }
+    }
+}
+
+/// An interruption notice recorded for an instance.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Interruption {
+    pub kind: InterruptionKind,
+    /// When EC2 sent it.
+    pub at: Millis,
+}
+
+impl Instance {
+    /// Records a notice; returns whether it changed anything (a repeated or
+    /// weaker notice does not).
+    pub fn note_interruption(&mut self, kind: InterruptionKind, at: Millis) -> bool {
+        if self.interruption.is_some_and(|i| i.kind >= kind) {
+            return false;
+        }
+        self.interruption = Some(Interruption { kind, at });
+        true
+    }
+
+    /// Moves to a state EC2 reported, only ever forward toward `terminated`
+    /// (a late `shutting-down` never revives a `terminated` instance);
+    /// returns whether it changed.
+    pub fn note_state(&mut self, state: InstanceState) -> bool {
+        if state <= self.state {
+            return false;
+        }
+        self.state = state;
+        true
+    }
 }
 
 impl Instance {

@@ -17,9 +17,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::{Config, PoolConfig, RunnerScope};
 use crate::labels::pool_for;
+use crate::config::CapacityMarket;
 use crate::model::{
-    ErrorKind, Instance, Job, JobState, Launch, LaunchState, Millis, Offering, Runner, Scope,
-    TerminateReason, Unavailable, instance_of_runner,
+    ErrorKind, Instance, InterruptionKind, Job, JobState, Launch, LaunchState, Millis, Offering,
+    Runner, Scope, TerminateReason, Unavailable, instance_of_runner,
 };
 
 /// How long an offering that failed for capacity is skipped.
@@ -95,6 +96,57 @@ pub enum Action {
         state: JobState,
         reason: String,
     },
+    /// Ask GitHub to re-run a job that failed because EC2 reclaimed its
+    /// spot instance under it (`POST .../actions/jobs/{job_id}/rerun`).
+    /// Its in-flight key is [`rerun_key`].
+    RerunJob { job_id: u64, repo: String },
+}
+
+/// The [`Observed::in_flight`] key of a job's re-run.
+pub fn rerun_key(job_id: u64) -> String {
+    format!("rerun:{job_id}")
+}
+
+/// Whether a completed job failed because its spot instance was reclaimed
+/// under it, and should be re-run: it ran on an instance of this fleet that
+/// had a spot interruption warning, it ended with `failure` or `cancelled`
+/// (what GitHub reports when a runner is lost) no earlier than the warning,
+/// its pool has `rerun_interrupted`, and it was not re-run already.
+pub fn wants_rerun(config: &Config, obs: &Observed, job: &Job) -> bool {
+    if job.state != JobState::Completed
+        || job.rerun_requested_at.is_some()
+        || !matches!(job.conclusion.as_deref(), Some("failure" | "cancelled"))
+    {
+        return false;
+    }
+    let Some(inst) = job
+        .runner_name
+        .as_deref()
+        .and_then(instance_of_runner)
+        .and_then(|iid| obs.instances.get(iid))
+    else {
+        return false;
+    };
+    let Some(warning) = inst
+        .interruption
+        .filter(|w| w.kind == InterruptionKind::SpotWarning)
+    else {
+        return false;
+    };
+    inst.fleet == config.fleet
+        && job.completed_at.is_none_or(|t| t >= warning.at)
+        && config.pool(&inst.pool).is_some_and(|p| p.rerun_interrupted)
+}
+
+/// `chain` with its on-demand offerings first (a job re-run after a spot
+/// interruption should not be gambled on spot again), spot after them.
+pub fn on_demand_first(chain: &[Offering]) -> Vec<Offering> {
+    let (mut first, rest): (Vec<Offering>, Vec<Offering>) = chain
+        .iter()
+        .cloned()
+        .partition(|o| o.market == CapacityMarket::OnDemand);
+    first.extend(rest);
+    first
 }
 
 /// Where runners of `pool` for jobs of `repo` are registered.
@@ -310,6 +362,7 @@ pub fn plan(config: &Config, obs: &Observed, now: Millis) -> Vec<Action> {
             && !i.busy
             && i.job_done_at.is_none()
             && i.unique_label.is_none()
+            && i.interruption.is_none()
         {
             *supply.entry(key_of_scope(idx, scope)).or_default() += 1;
         }
@@ -327,6 +380,7 @@ pub fn plan(config: &Config, obs: &Observed, now: Millis) -> Vec<Action> {
         if i.terminate_requested_at.is_none()
             && !i.busy
             && i.job_done_at.is_none()
+            && i.interruption.is_none()
             && let Some(l) = i.launch_id.as_ref().and_then(|id| obs.launches.get(id))
             && let Some(j) = l.job_id
         {
@@ -345,6 +399,14 @@ pub fn plan(config: &Config, obs: &Observed, now: Millis) -> Vec<Action> {
             by_pool.entry(key.0).or_default().push((job, *key));
         }
     }
+    // Runs with a job re-run after a spot interruption: their queued jobs
+    // (the re-run) launch on-demand first.
+    let rerun_runs: FxHashSet<u64> = obs
+        .jobs
+        .values()
+        .filter(|j| j.rerun_requested_at.is_some())
+        .map(|j| j.run_id)
+        .collect();
     for (idx, mut wanting) in by_pool {
         let pool = &config.pools[idx];
         wanting.sort_by_key(|(j, _)| (j.queued_at, j.id));
@@ -352,6 +414,7 @@ pub fn plan(config: &Config, obs: &Observed, now: Millis) -> Vec<Action> {
         if chain.is_empty() {
             continue; // every offering is cooling down after capacity errors
         }
+        let mut rerun_chain: Option<Arc<[Offering]>> = None;
         let count = alive.entry(pool.name.as_str()).or_default();
         for (job, key) in wanting {
             if *count >= pool.max_runners {
@@ -369,6 +432,13 @@ pub fn plan(config: &Config, obs: &Observed, now: Millis) -> Vec<Action> {
                 n += 1;
                 id = launch_id(&config.fleet, job.id, n);
             }
+            let offerings = if !rerun_runs.is_empty() && rerun_runs.contains(&job.run_id) {
+                rerun_chain
+                    .get_or_insert_with(|| on_demand_first(&chain).into())
+                    .clone()
+            } else {
+                chain.clone()
+            };
             actions.push(Action::Launch(LaunchPlan {
                 id,
                 pool: pool.name.clone(),
@@ -376,7 +446,7 @@ pub fn plan(config: &Config, obs: &Observed, now: Millis) -> Vec<Action> {
                 job_id: Some(job.id),
                 unique_label: None,
                 name: None,
-                offerings: chain.clone(),
+                offerings,
                 resume: false,
             }));
         }
@@ -450,6 +520,9 @@ pub fn plan(config: &Config, obs: &Observed, now: Millis) -> Vec<Action> {
             .get(i.pool.as_str())
             .map(|&idx| (idx, &config.pools[idx]));
         let reason = match (pool, &i.launch_id) {
+            // EC2 will take it (or recommends moving off it) and no job runs
+            // on it: replace it now rather than hand it a job it cannot finish.
+            (_, Some(_)) if i.interruption.is_some() => Some(TerminateReason::Interrupted),
             (_, None) if age >= boot_timeout => Some(TerminateReason::Orphan),
             (_, None) => None,
             (None, Some(_)) => Some(TerminateReason::PoolRemoved),
@@ -507,6 +580,21 @@ pub fn plan(config: &Config, obs: &Observed, now: Millis) -> Vec<Action> {
         if !known_alive && !tracked && !obs.in_flight.contains(id) {
             actions.push(Action::DeleteParameter {
                 instance_id: id.clone(),
+            });
+        }
+    }
+
+    // Jobs lost to a spot interruption: re-run once.
+    for job in obs.jobs.values() {
+        if job.state == JobState::Completed
+            && job.rerun_requested_at.is_none()
+            && job.conclusion.is_some()
+            && wants_rerun(config, obs, job)
+            && !obs.in_flight.contains(&rerun_key(job.id))
+        {
+            actions.push(Action::RerunJob {
+                job_id: job.id,
+                repo: job.repo.clone(),
             });
         }
     }
