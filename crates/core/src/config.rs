@@ -1797,8 +1797,7 @@ fn check_store(v: &str) -> Result<(), String> {
 /// An SQS queue URL: `https://sqs.<region>.amazonaws.com/<account>/<name>`
 /// (or any `http(s)://host/<account>/<name>`, for endpoints like moto).
 fn check_queue_url(v: &str) -> Result<(), String> {
-    const WHAT: &str =
-        "must be an SQS queue URL like \"https://sqs.eu-west-2.amazonaws.com/123456789012/runfleet-events\"";
+    const WHAT: &str = "must be an SQS queue URL like \"https://sqs.eu-west-2.amazonaws.com/123456789012/runfleet-events\"";
     let ok = (|| {
         let rest = v
             .strip_prefix("https://")
@@ -1870,6 +1869,60 @@ fn mask_url_password(url: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const SPOT_MINIMAL: &str =
+        "fleet = \"ci\"\n[github]\ntoken = \"t\"\nwebhook_secret = \"s\"\nrepos = [\"acme/*\"]\n";
+    const POOL: &str = "[[pool]]\nname = \"p\"\nlabels = [\"self-hosted\"]\nlaunch_template = \"lt-0123456789abcdef0\"\ninstance_types = [\"t3.micro\"]\n";
+
+    fn spot_cfg(aws: &str, pool_extra: &str) -> Result<Config, ConfigError> {
+        let text = format!("{SPOT_MINIMAL}{aws}{POOL}{pool_extra}");
+        parse(&text, &MapSecrets::default())
+    }
+
+    #[test]
+    fn interruption_keys_default_and_parse() {
+        let c = spot_cfg("", "").unwrap();
+        assert!(c.pools[0].rerun_interrupted, "re-runs are on by default");
+        assert_eq!(c.aws.events_queue, None);
+        let c = spot_cfg(
+            "[aws]\nevents_queue = \"https://sqs.eu-west-2.amazonaws.com/123456789012/runfleet-events\"\n",
+            "rerun_interrupted = false\n",
+        )
+        .unwrap();
+        assert!(!c.pools[0].rerun_interrupted);
+        assert_eq!(
+            c.aws.events_queue.as_deref(),
+            Some("https://sqs.eu-west-2.amazonaws.com/123456789012/runfleet-events")
+        );
+        let local = "[aws]\nevents_queue = \"http://127.0.0.1:5000/123456789012/q\"\n";
+        assert!(
+            spot_cfg(local, "").is_ok(),
+            "a local endpoint (moto) is a queue URL too"
+        );
+    }
+
+    #[test]
+    fn interruption_keys_reject_bad_values() {
+        for bad in [
+            "sqs-queue",
+            "https://sqs.amazonaws.com/",
+            "ftp://h/1/q",
+            "https://h/1/",
+        ] {
+            let e = spot_cfg(&format!("[aws]\nevents_queue = \"{bad}\"\n"), "")
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.contains("aws.events_queue") && e.contains("SQS queue URL"),
+                "{bad}: {e}"
+            );
+            assert!(e.contains("line 7"), "{e}");
+        }
+        let e = spot_cfg("", "rerun_interrupted = \"yes\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("pool[0].rerun_interrupted"), "{e}");
+    }
 
     #[test]
     fn durations_parse() {

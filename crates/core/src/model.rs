@@ -584,6 +584,66 @@ mod tests {
     }
 
     #[test]
+    fn interruption_notices_only_grow_and_states_only_move_forward() {
+        let mut i = Instance {
+            id: "i-1".into(),
+            fleet: "f".into(),
+            pool: "p".into(),
+            state: InstanceState::Running,
+            launched_at: 0,
+            launch_id: Some("l".into()),
+            scope: None,
+            unique_label: None,
+            market: Some(CapacityMarket::Spot),
+            jit_written: true,
+            param_present: false,
+            runner_online_at: None,
+            busy: true,
+            job_done_at: None,
+            terminate_requested_at: None,
+            terminate_reason: None,
+            offering: None,
+            interruption: None,
+        };
+        assert!(i.note_interruption(InterruptionKind::Rebalance, 10));
+        assert!(
+            !i.note_interruption(InterruptionKind::Rebalance, 20),
+            "a repeat"
+        );
+        assert!(
+            i.note_interruption(InterruptionKind::SpotWarning, 30),
+            "stronger"
+        );
+        assert!(!i.note_interruption(InterruptionKind::SpotWarning, 40));
+        assert!(
+            !i.note_interruption(InterruptionKind::Rebalance, 50),
+            "weaker"
+        );
+        assert_eq!(
+            i.interruption,
+            Some(Interruption {
+                kind: InterruptionKind::SpotWarning,
+                at: 30
+            })
+        );
+        assert!(i.note_state(InstanceState::Terminated));
+        assert!(!i.note_state(InstanceState::ShuttingDown), "late event");
+        assert!(!i.note_state(InstanceState::Terminated));
+        assert_eq!(i.state, InstanceState::Terminated);
+    }
+
+    #[test]
+    fn stored_records_without_the_new_fields_still_read() {
+        let job = Job::new(&ev(JobStatus::Queued, 10, None));
+        let mut v = serde_json::to_value(&job).unwrap();
+        let o = v.as_object_mut().unwrap();
+        o.remove("conclusion");
+        o.remove("rerun_requested_at");
+        let back: Job = serde_json::from_value(v).unwrap();
+        assert_eq!(back, job);
+    }
+
+    #[test]
     fn scope_admits() {
         assert!(Scope::Repo("Acme/App".into()).admits("acme/app"));
         assert!(!Scope::Repo("acme/app".into()).admits("acme/lib"));

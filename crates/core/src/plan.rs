@@ -15,9 +15,9 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
+use crate::config::CapacityMarket;
 use crate::config::{Config, PoolConfig, RunnerScope};
 use crate::labels::pool_for;
-use crate::config::CapacityMarket;
 use crate::model::{
     ErrorKind, Instance, InterruptionKind, Job, JobState, Launch, LaunchState, Millis, Offering,
     Runner, Scope, TerminateReason, Unavailable, instance_of_runner,
@@ -634,4 +634,130 @@ fn terminate(i: &Instance, runner: Option<&Runner>, reason: TerminateReason) -> 
 /// Whether an error kind on a launch counts against the offering (skip it for a while).
 pub fn marks_unavailable(kind: ErrorKind) -> bool {
     matches!(kind, ErrorKind::Capacity)
+}
+
+#[cfg(test)]
+mod interruption_tests {
+    use super::*;
+    use crate::config::{MapSecrets, parse};
+    use crate::model::{InstanceState, Interruption, JobEvent, JobStatus, runner_name};
+
+    const CFG: &str = "fleet = \"f\"\n[github]\ntoken = \"t\"\nwebhook_secret = \"s\"\nrepos = [\"acme/*\"]\n[[pool]]\nname = \"p\"\nlabels = [\"self-hosted\"]\nlaunch_template = \"lt-0123456789abcdef0\"\ninstance_types = [\"m5.large\"]\nmarket = \"spot-then-on-demand\"\n";
+
+    fn world(conclusion: &str, warned_at: Option<Millis>) -> (Config, Observed) {
+        let cfg = parse(CFG, &MapSecrets::default()).unwrap();
+        let mut obs = Observed::default();
+        let name = runner_name("p", "i-0abc");
+        let done = JobEvent {
+            job_id: 7,
+            run_id: 70,
+            repo: "acme/app".into(),
+            labels: vec!["self-hosted".into()],
+            status: JobStatus::Completed,
+            runner_name: Some(name),
+            conclusion: Some(conclusion.into()),
+            at: 1_000,
+        };
+        obs.jobs.insert(7, Job::new(&done));
+        obs.instances.insert(
+            "i-0abc".into(),
+            Instance {
+                id: "i-0abc".into(),
+                fleet: "f".into(),
+                pool: "p".into(),
+                state: InstanceState::Terminated,
+                launched_at: 0,
+                launch_id: Some("f-j7-1".into()),
+                scope: Some(Scope::Repo("acme/app".into())),
+                unique_label: None,
+                market: Some(CapacityMarket::Spot),
+                jit_written: true,
+                param_present: false,
+                runner_online_at: Some(10),
+                busy: false,
+                job_done_at: Some(1_000),
+                terminate_requested_at: None,
+                terminate_reason: None,
+                offering: None,
+                interruption: warned_at.map(|at| Interruption {
+                    kind: InterruptionKind::SpotWarning,
+                    at,
+                }),
+            },
+        );
+        (cfg, obs)
+    }
+
+    fn reruns(cfg: &Config, obs: &Observed) -> Vec<u64> {
+        plan(cfg, obs, 2_000)
+            .into_iter()
+            .filter_map(|a| match a {
+                Action::RerunJob { job_id, .. } => Some(job_id),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_job_lost_to_a_spot_reclaim_is_rerun_once() {
+        let (cfg, mut obs) = world("failure", Some(500));
+        assert_eq!(reruns(&cfg, &obs), vec![7]);
+        obs.in_flight.insert(rerun_key(7));
+        assert!(reruns(&cfg, &obs).is_empty(), "not twice at once");
+        obs.in_flight.clear();
+        obs.jobs.get_mut(&7).unwrap().rerun_requested_at = Some(1_500);
+        assert!(reruns(&cfg, &obs).is_empty(), "once");
+    }
+
+    #[test]
+    fn only_a_failure_after_a_spot_warning_is_rerun() {
+        let (cfg, obs) = world("success", Some(500));
+        assert!(reruns(&cfg, &obs).is_empty(), "it passed");
+        let (cfg, obs) = world("cancelled", Some(500));
+        assert_eq!(
+            reruns(&cfg, &obs),
+            vec![7],
+            "a lost runner may read as cancelled"
+        );
+        let (cfg, obs) = world("failure", None);
+        assert!(reruns(&cfg, &obs).is_empty(), "no warning: its own failure");
+        let (cfg, obs) = world("failure", Some(1_500));
+        assert!(reruns(&cfg, &obs).is_empty(), "failed before the warning");
+        let (mut cfg, obs) = world("failure", Some(500));
+        cfg.pools[0].rerun_interrupted = false;
+        assert!(reruns(&cfg, &obs).is_empty(), "the pool says no");
+        let (cfg, mut obs) = world("failure", Some(500));
+        obs.instances.get_mut("i-0abc").unwrap().interruption = Some(Interruption {
+            kind: InterruptionKind::Rebalance,
+            at: 500,
+        });
+        assert!(
+            reruns(&cfg, &obs).is_empty(),
+            "a rebalance alone does not take it"
+        );
+    }
+
+    #[test]
+    fn on_demand_first_keeps_every_offering() {
+        let o = |t: &str, m| Offering {
+            instance_type: t.into(),
+            subnet: None,
+            market: m,
+        };
+        let chain = [
+            o("a", CapacityMarket::Spot),
+            o("b", CapacityMarket::Spot),
+            o("a", CapacityMarket::OnDemand),
+            o("b", CapacityMarket::OnDemand),
+        ];
+        assert_eq!(
+            on_demand_first(&chain),
+            vec![
+                chain[2].clone(),
+                chain[3].clone(),
+                chain[0].clone(),
+                chain[1].clone()
+            ]
+        );
+    }
 }

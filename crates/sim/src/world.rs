@@ -535,7 +535,11 @@ impl World {
             Event::Reclaim(id) => self.reclaim(&id),
             Event::Assign => self.assign(),
             Event::Terminated(id) => {
-                if self.instances.get(&id).is_some_and(|i| i.state != InstanceState::Terminated) {
+                if self
+                    .instances
+                    .get(&id)
+                    .is_some_and(|i| i.state != InstanceState::Terminated)
+                {
                     self.send_event(&id, CloudEventKind::StateChange(InstanceState::Terminated));
                 }
                 if let Some(inst) = self.instances.get_mut(&id) {
@@ -739,7 +743,10 @@ impl World {
         let warn_at = self.now + self.event_rng.random_range(lo..=hi);
         if self.event_rng.random_bool(0.3) {
             self.faults.rebalance_recommendations += 1;
-            self.schedule(warn_at.saturating_sub(30_000), Event::Rebalance(id.to_string()));
+            self.schedule(
+                warn_at.saturating_sub(30_000),
+                Event::Rebalance(id.to_string()),
+            );
         }
         self.schedule(warn_at, Event::SpotWarning(id.to_string()));
     }

@@ -113,11 +113,7 @@ impl Engine {
         bump(
             &mut self.stats.interruptions,
             &inst.pool,
-            &format!(
-                "{}_{}",
-                kind.as_str(),
-                if busy { "busy" } else { "idle" }
-            ),
+            &format!("{}_{}", kind.as_str(), if busy { "busy" } else { "idle" }),
         );
         let what = match (kind, busy) {
             (InterruptionKind::SpotWarning, true) => {
@@ -175,10 +171,18 @@ impl Engine {
             }
             // GitHub will not re-run it (already re-running, too old, not
             // allowed): asking again would not help; say why once.
-            Err(e) if matches!(e.kind, ErrorKind::Invalid | ErrorKind::NotFound | ErrorKind::Auth) => {
+            Err(e)
+                if matches!(
+                    e.kind,
+                    ErrorKind::Invalid | ErrorKind::NotFound | ErrorKind::Auth
+                ) =>
+            {
                 warn!(job_id, repo = %job.repo, error = %e, "re-run refused");
                 bump(&mut self.stats.reruns, &pool, "refused");
-                format!("job lost to a spot interruption: re-run refused: {}", e.message)
+                format!(
+                    "job lost to a spot interruption: re-run refused: {}",
+                    e.message
+                )
             }
             Err(e) => {
                 self.adapter_error("rerun_job", &e);
