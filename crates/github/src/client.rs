@@ -1178,6 +1178,10 @@ impl GitHub for GitHubClient {
         self.counts_snapshot()
     }
 
+    async fn rerun_job(&self, repo: &str, job_id: u64) -> PortResult<()> {
+        GitHubClient::rerun_job(self, repo, job_id).await
+    }
+
     async fn list_repos(&self, owner: &str) -> PortResult<Vec<String>> {
         let owner = check_owner(owner)?;
         let target = Target::Owner(owner);

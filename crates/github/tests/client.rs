@@ -848,3 +848,26 @@ async fn app_with_the_wrong_key_is_refused_without_leaking_it() {
     assert!(!e.message.contains("PRIVATE KEY") && !format!("{e:?}").contains("BEGIN"));
     assert_eq!(fake.tokens_issued(), 0);
 }
+
+#[tokio::test]
+async fn rerun_through_the_engine_port() {
+    use runfleet_engine::ports::GitHub;
+    let (fake, client, _) = pat_fake().await;
+    let job = fake.queue_job("acme/app", &["self-hosted"], false).await;
+    fake.register_runner(Scope::Repo("acme/app".into()), "r", &["self-hosted"], true);
+    fake.start_job(job.job_id, "r").await.unwrap();
+    let port: &dyn GitHub = &client;
+    // Not completed yet: GitHub refuses, and says so with a permanent kind.
+    let e = port.rerun_job("acme/app", job.job_id).await.unwrap_err();
+    assert!(
+        !matches!(e.kind, ErrorKind::Transient | ErrorKind::Throttled),
+        "{e}"
+    );
+    fake.complete_job(job.job_id, "failure").await.unwrap();
+    port.rerun_job("acme/app", job.job_id).await.unwrap();
+    assert_eq!(fake.job(job.job_id).unwrap().reruns, 1);
+    assert_eq!(
+        fake.count("POST /repos/{owner}/{repo}/actions/jobs/{job_id}/rerun"),
+        2
+    );
+}
