@@ -521,8 +521,19 @@ pub fn plan(config: &Config, obs: &Observed, now: Millis) -> Vec<Action> {
             .map(|&idx| (idx, &config.pools[idx]));
         let reason = match (pool, &i.launch_id) {
             // EC2 will take it (or recommends moving off it) and no job runs
-            // on it: replace it now rather than hand it a job it cannot finish.
-            (_, Some(_)) if i.interruption.is_some() => Some(TerminateReason::Interrupted),
+            // on it: replace it now rather than hand it a job it cannot
+            // finish. Only when its runner is listed (the termination
+            // deregisters it first, which GitHub refuses once it took a
+            // job), or it has none, or its job is done: a runner online but
+            // not in the last listing may have just taken a job, so wait for
+            // the next listing.
+            (_, Some(_))
+                if i.interruption.is_some()
+                    && (runner.is_some() || !i.jit_written || i.job_done_at.is_some()) =>
+            {
+                Some(TerminateReason::Interrupted)
+            }
+            (_, Some(_)) if i.interruption.is_some() && i.runner_online_at.is_some() => None,
             (_, None) if age >= boot_timeout => Some(TerminateReason::Orphan),
             (_, None) => None,
             (None, Some(_)) => Some(TerminateReason::PoolRemoved),

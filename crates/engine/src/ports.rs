@@ -64,6 +64,13 @@ pub trait GitHub: Send + Sync {
     async fn list_queued_jobs(&self, repo: &str) -> PortResult<Vec<JobEvent>>;
     /// One job's current state.
     async fn get_job(&self, repo: &str, job_id: u64) -> PortResult<JobEvent>;
+    /// Jobs whose status is `in_progress` in the in-progress workflow runs
+    /// of `repo` (with their `runner_name`): finds the job a runner is
+    /// running when no webhook told. The default: none known.
+    async fn list_running_jobs(&self, repo: &str) -> PortResult<Vec<JobEvent>> {
+        let _ = repo;
+        Ok(Vec::new())
+    }
     /// The repositories of an owner that runfleet may serve (expands `owner/*`).
     async fn list_repos(&self, owner: &str) -> PortResult<Vec<String>>;
     /// `POST /repos/{owner}/{repo}/actions/jobs/{job_id}/rerun`: re-runs a

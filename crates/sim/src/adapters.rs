@@ -174,6 +174,27 @@ impl GitHub for SimGitHub {
             .collect())
     }
 
+    async fn list_running_jobs(&self, repo: &str) -> PortResult<Vec<JobEvent>> {
+        let mut w = self.0.lock().unwrap();
+        count(&mut w, true, "list_running_jobs", false);
+        github_fault(&mut w, "list running jobs")?;
+        let now = w.now;
+        Ok(w.jobs
+            .values()
+            .filter(|j| j.repo == repo && j.status == JobStatus::InProgress)
+            .map(|j| JobEvent {
+                job_id: j.id,
+                run_id: j.run_id,
+                repo: j.repo.clone(),
+                labels: j.labels.clone(),
+                status: j.status,
+                runner_name: j.runner.clone(),
+                conclusion: None,
+                at: j.started_at.unwrap_or(now),
+            })
+            .collect())
+    }
+
     async fn get_job(&self, repo: &str, job_id: u64) -> PortResult<JobEvent> {
         let mut w = self.0.lock().unwrap();
         count(&mut w, true, "get_job", false);

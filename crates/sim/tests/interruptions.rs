@@ -101,6 +101,10 @@ struct Rig {
     cloud: Arc<dyn Cloud>,
     engine: Engine,
     now: Millis,
+    /// Every webhook is lost: the controller learns only by polling.
+    drop_webhooks: bool,
+    /// Reconcile (poll GitHub and EC2) this often.
+    reconcile_every: Millis,
 }
 
 impl Rig {
@@ -134,6 +138,8 @@ impl Rig {
             cloud,
             engine,
             now: 0,
+            drop_webhooks: false,
+            reconcile_every: 1_000,
         }
     }
 
@@ -167,9 +173,13 @@ impl Rig {
             w.take_due_webhooks()
         };
         for (id, ev) in hooks {
-            Engine::intake(&*self.store, &id, &ev.into()).await.unwrap();
+            if !self.drop_webhooks {
+                Engine::intake(&*self.store, &id, &ev.into()).await.unwrap();
+            }
         }
-        self.engine.reconcile(self.now).await.unwrap();
+        if self.now.is_multiple_of(self.reconcile_every) {
+            self.engine.reconcile(self.now).await.unwrap();
+        }
         self.engine.step(self.now).await.unwrap();
         self.now += 1_000;
     }
@@ -677,4 +687,38 @@ async fn interruption_fault_class_with_other_faults_keeps_every_invariant() {
         );
         assert!(s.reruns > 0, "seed {seed}: no job was re-run\n{s:#?}");
     }
+}
+
+#[tokio::test]
+async fn a_job_no_webhook_told_of_is_found_on_the_warned_runner_and_rerun() {
+    let mut rig = Rig::new(demo(true), long_jobs(), 0).await;
+    rig.drop_webhooks = true;
+    rig.reconcile_every = 60_000;
+    rig.job(1, 0);
+    rig.run_until(5 * 60 * 1000, |w, _| {
+        w.jobs[&1].status == JobStatus::InProgress
+    })
+    .await;
+    let iid = {
+        let w = rig.world.lock().unwrap();
+        let name = w.jobs[&1].runner.clone().unwrap();
+        runfleet_core::model::instance_of_runner(&name)
+            .unwrap()
+            .to_string()
+    };
+    assert!(
+        rig.engine.observed().jobs[&1].runner_name.is_none(),
+        "the controller does not know where the job runs"
+    );
+    rig.world.lock().unwrap().interrupt_spot(&iid).unwrap();
+    rig.run_until(10_000, |_, e| {
+        e.observed().jobs[&1].runner_name.as_deref()
+            == Some(runfleet_core::model::runner_name("linux-x64", &iid).as_str())
+    })
+    .await;
+    rig.settle().await;
+    let w = rig.world.lock().unwrap();
+    assert_eq!(w.reruns.get(&1), Some(&1));
+    assert!(!w.final_attempt(1).unwrap().lost);
+    assert_eq!(w.calls.github_by_op.get("list_running_jobs"), Some(&1));
 }

@@ -12,11 +12,11 @@
 //! runs its last two minutes, and a job that then fails is re-run once
 //! ([`runfleet_core::plan::wants_rerun`]).
 
-use runfleet_core::model::{ErrorKind, InterruptionKind, Millis, Unavailable, runner_name};
+use runfleet_core::model::{ErrorKind, InterruptionKind, Millis, Scope, Unavailable, runner_name};
 use runfleet_core::plan::UNAVAILABLE_FOR_MS;
 use tracing::{info, warn};
 
-use super::{Engine, bump, timeline};
+use super::{Engine, bump, poll_delivery, timeline};
 use crate::ports::{CloudEvent, CloudEventKind, Mutation, PortResult};
 
 impl Engine {
@@ -38,8 +38,9 @@ impl Engine {
         }
         let mut muts = Vec::new();
         let mut applied = 0;
+        let mut unknown_jobs = Vec::new();
         for ev in &events {
-            if self.fold_cloud_event(ev, now, &mut muts) {
+            if self.fold_cloud_event(ev, now, &mut muts, &mut unknown_jobs) {
                 applied += 1;
             }
         }
@@ -52,7 +53,52 @@ impl Engine {
             self.adapter_error("ack_events", &e);
             warn!(error = %e, events = acks.len(), "cannot acknowledge cloud events");
         }
+        for (scope, runner) in unknown_jobs {
+            self.find_running_job(&scope, &runner, now).await?;
+        }
         Ok(applied)
+    }
+
+    /// A warned instance's runner may be running a job that no webhook
+    /// told of (all lost, and taken before a poll saw it queued): ask GitHub
+    /// which job it runs and record it, so that its failure can be re-run.
+    async fn find_running_job(
+        &mut self,
+        scope: &Scope,
+        runner: &str,
+        now: Millis,
+    ) -> PortResult<()> {
+        let repos: Vec<String> = match scope {
+            Scope::Repo(r) => vec![r.clone()],
+            Scope::Org(o) => self
+                .allowed_repos(now)
+                .await
+                .into_iter()
+                .filter(|r| {
+                    r.split_once('/')
+                        .is_some_and(|(owner, _)| owner.eq_ignore_ascii_case(o))
+                })
+                .collect(),
+        };
+        for repo in repos {
+            match self.github.list_running_jobs(&repo).await {
+                Ok(jobs) => {
+                    if let Some(ev) = jobs
+                        .into_iter()
+                        .find(|j| j.runner_name.as_deref() == Some(runner))
+                    {
+                        info!(job_id = ev.job_id, repo = %repo, runner_name = %runner, "job on an interrupted runner found by lookup");
+                        self.store.intake(&poll_delivery(&ev), &ev).await?;
+                        return Ok(());
+                    }
+                }
+                Err(e) => {
+                    self.adapter_error("list_running_jobs", &e);
+                    warn!(repo = %repo, error = %e, "cannot list running jobs");
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Applies one event to the state; returns whether it changed anything.
@@ -61,6 +107,7 @@ impl Engine {
         ev: &CloudEvent,
         now: Millis,
         muts: &mut Vec<Mutation>,
+        unknown_jobs: &mut Vec<(Scope, String)>,
     ) -> bool {
         let fleet = self.cfg.fleet.clone();
         let Some(inst) = self
@@ -130,6 +177,13 @@ impl Engine {
             }
         };
         warn!(instance_id = %inst.id, pool = %inst.pool, job_id = job, busy, kind = kind.as_str(), "{what}");
+        if kind == InterruptionKind::SpotWarning
+            && job.is_none()
+            && inst.jit_written
+            && let Some(scope) = &inst.scope
+        {
+            unknown_jobs.push((scope.clone(), name.clone()));
+        }
         // The capacity that was taken back is skipped for a while, so the
         // replacement (and a re-run) goes elsewhere in the fallback chain.
         if kind == InterruptionKind::SpotWarning
