@@ -871,3 +871,31 @@ async fn rerun_through_the_engine_port() {
         2
     );
 }
+
+#[tokio::test]
+async fn running_jobs_name_their_runner() {
+    use runfleet_engine::ports::GitHub;
+    let (fake, client, _) = pat_fake().await;
+    let running = fake.queue_job("acme/app", &["self-hosted"], false).await;
+    let waiting = fake.queue_job("acme/app", &["self-hosted"], false).await;
+    fake.register_runner(
+        Scope::Repo("acme/app".into()),
+        "runfleet-p-i-0abc",
+        &["self-hosted"],
+        true,
+    );
+    fake.start_job(running.job_id, "runfleet-p-i-0abc")
+        .await
+        .unwrap();
+    let port: &dyn GitHub = &client;
+    let jobs = port.list_running_jobs("acme/app").await.unwrap();
+    assert_eq!(jobs.len(), 1, "{jobs:?}");
+    assert_eq!(jobs[0].job_id, running.job_id);
+    assert_eq!(jobs[0].runner_name.as_deref(), Some("runfleet-p-i-0abc"));
+    let queued = port.list_queued_jobs("acme/app").await.unwrap();
+    assert!(queued.iter().all(|j| j.job_id != running.job_id));
+    assert!(
+        queued.iter().any(|j| j.job_id == waiting.job_id),
+        "{queued:?}"
+    );
+}
