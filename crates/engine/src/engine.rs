@@ -182,6 +182,8 @@ pub struct Engine {
     launch_bucket: TokenBucket,
     user_data: HashMap<String, Result<String, String>>,
     repos: Option<(Millis, Vec<String>)>,
+    /// No cloud event poll before this (see `interruptions`).
+    events_next_poll: Millis,
 }
 
 impl Engine {
@@ -249,6 +251,7 @@ impl Engine {
             opts,
             user_data,
             repos: None,
+            events_next_poll: 0,
         })
     }
 

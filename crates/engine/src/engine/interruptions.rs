@@ -17,6 +17,11 @@ use runfleet_core::plan::UNAVAILABLE_FOR_MS;
 use tracing::{info, warn};
 
 use super::{Engine, bump, poll_delivery, timeline};
+
+/// The event feed is polled at most this often while it is empty (steps
+/// come many times a second in a webhook burst; a spot warning gives two
+/// minutes), and again at the next step while it has events.
+pub const EVENTS_POLL_MS: Millis = 2_000;
 use crate::ports::{CloudEvent, CloudEventKind, Mutation, PortResult};
 
 impl Engine {
@@ -25,6 +30,10 @@ impl Engine {
     /// step; a store that cannot be written fails the step and nothing is
     /// acknowledged (the events come again).
     pub async fn pull_cloud_events(&mut self, now: Millis) -> PortResult<usize> {
+        if now < self.events_next_poll {
+            return Ok(0);
+        }
+        self.events_next_poll = now + EVENTS_POLL_MS;
         let events = match self.cloud.poll_events().await {
             Ok(evs) => evs,
             Err(e) => {
@@ -36,6 +45,7 @@ impl Engine {
         if events.is_empty() {
             return Ok(0);
         }
+        self.events_next_poll = now;
         let mut muts = Vec::new();
         let mut applied = 0;
         let mut unknown_jobs = Vec::new();
