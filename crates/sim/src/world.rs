@@ -54,7 +54,7 @@ pub struct WorldConfig {
     /// job running on it then fails. Turns `ec2_events` on.
     pub spot_interruption_weight: f64,
     /// The world delivers EC2 events (EventBridge into SQS, at least once)
-    /// to [`crate::adapters::SimCloud::poll_events`]: spot interruption
+    /// to `SimCloud::poll_events` ([`crate::adapters::SimCloud`]): spot interruption
     /// warnings, rebalance recommendations and state changes of every
     /// instance. Off: the cloud has no event feed.
     pub ec2_events: bool,
