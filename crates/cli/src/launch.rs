@@ -91,7 +91,7 @@ fn concerns(a: &Action, launch_id: &str, instance_id: Option<&str>) -> bool {
         Action::ProvisionRunner { instance_id: i, .. }
         | Action::DeleteParameter { instance_id: i }
         | Action::Terminate { instance_id: i, .. } => Some(i.as_str()) == instance_id,
-        Action::DeleteRunner { .. } | Action::MarkJob { .. } => false,
+        Action::DeleteRunner { .. } | Action::MarkJob { .. } | Action::RerunJob { .. } => false,
     }
 }
 
@@ -323,7 +323,12 @@ async fn launch(cfg: Config, args: LaunchArgs, timeout: Duration) -> Result<Exit
         .map_err(|e| anyhow!("server.store: {e}"))?;
     let github = runfleet_github::GitHubClient::new(&cfg.github)
         .map_err(|e| anyhow!("github: {}", e.message))?;
-    let cloud = runfleet_aws::AwsCloud::from_config(&cfg).await;
+    // The broker never reads the EC2 event queue: its messages are `serve`'s.
+    let cloud = {
+        let mut own = (*cfg).clone();
+        own.aws.events_queue = None;
+        runfleet_aws::AwsCloud::from_config(&own).await
+    };
     let now = now_ms();
     let mut engine = Engine::new(
         cfg.clone(),

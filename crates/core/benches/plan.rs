@@ -27,6 +27,7 @@ fn config() -> Config {
         setup_script: None,
         role_arn: None,
         external_id: None,
+        rerun_interrupted: true,
     };
     Config {
         fleet: "bench".into(),
@@ -51,6 +52,7 @@ fn config() -> Config {
             region: None,
             role_arn: None,
             external_id: None,
+            events_queue: None,
         },
         pools: vec![
             pool("x64", &["self-hosted", "linux", "x64"]),
@@ -103,6 +105,8 @@ fn observed(jobs: u64, instances: u64) -> Observed {
                 job_done_at: None,
                 terminate_requested_at: None,
                 terminate_reason: None,
+                offering: None,
+                interruption: None,
             },
         );
     }

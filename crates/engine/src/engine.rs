@@ -1,5 +1,7 @@
 //! The controller loop body: intake -> plan -> execute -> observe.
 
+mod interruptions;
+
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 
@@ -82,6 +84,15 @@ pub struct Stats {
     pub adapter_errors: BTreeMap<String, u64>,
     pub steps: u64,
     pub reconciles: u64,
+    /// pool -> notice and what its runner was doing (`spot_warning_busy`,
+    /// `spot_warning_idle`, `rebalance_busy`, `rebalance_idle`) -> count;
+    /// repeated deliveries are not counted
+    pub interruptions: BTreeMap<String, BTreeMap<String, u64>>,
+    /// pool -> `requested` / `refused` -> re-runs of jobs lost to a spot interruption
+    pub reruns: BTreeMap<String, BTreeMap<String, u64>>,
+    /// cloud events received, by outcome: `applied`, `unchanged` (a
+    /// repeat, or nothing to do), `foreign` (an instance the state does not hold)
+    pub cloud_events: BTreeMap<String, u64>,
 }
 
 fn bump(map: &mut BTreeMap<String, BTreeMap<String, u64>>, a: &str, b: &str) {
@@ -150,6 +161,10 @@ enum Outcome {
         runner_id: u64,
         result: PortResult<()>,
     },
+    Rerun {
+        job_id: u64,
+        result: PortResult<()>,
+    },
 }
 
 /// The controller. Holds its state in memory, writes every change through
@@ -168,6 +183,8 @@ pub struct Engine {
     user_data: HashMap<String, Result<String, String>>,
     repos: Option<(Millis, Vec<String>)>,
     last_error: Option<(String, PortError)>,
+    /// No cloud event poll before this (see `interruptions`).
+    events_next_poll: Millis,
 }
 
 impl Engine {
@@ -236,6 +253,7 @@ impl Engine {
             user_data,
             repos: None,
             last_error: None,
+            events_next_poll: 0,
         })
     }
 
@@ -609,6 +627,7 @@ impl Engine {
     pub async fn step(&mut self, now: Millis) -> PortResult<usize> {
         self.stats.steps += 1;
         self.pull_intake(now).await?;
+        self.pull_cloud_events(now).await?;
         self.health.store_error = None;
         let mut done = 0;
         for _ in 0..self.opts.max_rounds {
@@ -812,6 +831,10 @@ impl Engine {
                 };
                 Outcome::RunnerDeleted { runner_id, result }
             }
+            Action::RerunJob { job_id, repo } => {
+                let result = self.github.rerun_job(&repo, job_id).await;
+                Outcome::Rerun { job_id, result }
+            }
             Action::MarkJob { .. } => unreachable!("applied before I/O"),
         }
     }
@@ -978,6 +1001,7 @@ impl Engine {
                     false
                 }
             },
+            Outcome::Rerun { job_id, result } => self.absorb_rerun(job_id, result, now, muts),
             Outcome::RunnerDeleted { runner_id, result } => match result {
                 Ok(()) => {
                     self.obs.runners.retain(|r| r.id != runner_id);
@@ -1030,6 +1054,8 @@ impl Engine {
                             scope: Some(l.scope.clone()),
                             unique_label: l.unique_label.clone(),
                             market: Some(inst.offering.market),
+                            offering: Some(inst.offering.clone()),
+                            interruption: None,
                             jit_written: false,
                             param_present: false,
                             runner_online_at: None,
@@ -1210,6 +1236,8 @@ impl Engine {
                         scope,
                         unique_label,
                         market: ci.market,
+                        offering: None,
+                        interruption: None,
                         jit_written: false,
                         param_present: false,
                         runner_online_at: None,
