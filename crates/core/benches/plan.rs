@@ -54,6 +54,7 @@ fn config() -> Config {
             external_id: None,
             events_queue: None,
         },
+        api: runfleet_core::config::ApiConfig::default(),
         pools: vec![
             pool("x64", &["self-hosted", "linux", "x64"]),
             pool("arm64", &["self-hosted", "linux", "arm64"]),

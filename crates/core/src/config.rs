@@ -115,7 +115,42 @@ pub struct Config {
     pub server: ServerConfig,
     pub github: GithubConfig,
     pub aws: AwsConfig,
+    /// `[api]`: the on-demand API (`POST /v1/start`) of `serve`.
+    pub api: ApiConfig,
     pub pools: Vec<PoolConfig>,
+}
+
+/// GitHub Actions' OIDC issuer, the default `api.oidc_issuer`.
+pub const GITHUB_OIDC_ISSUER: &str = "https://token.actions.githubusercontent.com";
+
+/// `[api]`: who may ask `serve` for a runner (`POST /v1/start`) and how
+/// many at once.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ApiConfig {
+    /// `enabled` (default true): false answers 404 on every `/v1` route.
+    pub enabled: bool,
+    /// `oidc_issuer`: tokens must carry this `iss`; its JWKS is fetched
+    /// from `<issuer>/.well-known/jwks`.
+    pub oidc_issuer: String,
+    /// `oidc_audience` (default `runfleet`): tokens must carry this `aud`.
+    pub oidc_audience: String,
+    /// `hmac` (default true): also accept the token-and-HMAC scheme.
+    pub hmac: bool,
+    /// `max_runs_per_repo` (default 10): live runs (not done or failed) of
+    /// one repository at once; more answers 429.
+    pub max_runs_per_repo: u32,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        ApiConfig {
+            enabled: true,
+            oidc_issuer: GITHUB_OIDC_ISSUER.to_string(),
+            oidc_audience: "runfleet".to_string(),
+            hmac: true,
+            max_runs_per_repo: 10,
+        }
+    }
 }
 
 /// `Debug` masks the password of the store URL (`postgres://user:***@host/db`).
@@ -477,7 +512,18 @@ struct RawConfig {
     server: Option<Spanned<RawServer>>,
     github: Option<Spanned<RawGithub>>,
     aws: Option<Spanned<RawAws>>,
+    api: Option<Spanned<RawApi>>,
     pool: Option<Spanned<Vec<Spanned<RawPool>>>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a table")]
+struct RawApi {
+    enabled: Option<Spanned<RawBool>>,
+    oidc_issuer: Option<RawStr>,
+    oidc_audience: Option<RawStr>,
+    hmac: Option<Spanned<RawBool>>,
+    max_runs_per_repo: Option<Spanned<RawInt>>,
 }
 
 #[derive(Deserialize)]
@@ -612,7 +658,9 @@ impl<'de> Deserialize<'de> for RawBool {
 /// "on-demand" (never a spot interruption unless asked for), `os` "linux",
 /// `arch` "x64", `max_runners` 10, `warm` 0, `runner_scope` "repo",
 /// `runner_group_id` 1, `max_lifetime` 6h, `rerun_interrupted` true;
-/// `aws.events_queue` none.
+/// `aws.events_queue` none; `api.enabled` true, `api.oidc_issuer` GitHub
+/// Actions' (`https://token.actions.githubusercontent.com`),
+/// `api.oidc_audience` "runfleet", `api.hmac` true, `api.max_runs_per_repo` 10.
 pub fn parse(text: &str, secrets: &dyn SecretSource) -> Result<Config, ConfigError> {
     let de = toml::de::Deserializer::parse(text).map_err(|e| syntax_error(text, &e))?;
     let raw = RawConfig::deserialize(de).map_err(|e| serde_error(text, &e))?;
@@ -1152,6 +1200,7 @@ impl Cx<'_> {
         let server = self.server(raw.server.as_ref())?;
         let github = self.github(raw.github.as_ref())?;
         let aws = self.aws(raw.aws.as_ref())?;
+        let api = self.api(raw.api.as_ref())?;
         let Some(raw_pools) = &raw.pool else {
             return Err(self.error(
                 ConfigErrorKind::Missing,
@@ -1185,8 +1234,44 @@ impl Cx<'_> {
             server,
             github,
             aws,
+            api,
             pools,
         })
+    }
+
+    fn api(&self, raw: Option<&Spanned<RawApi>>) -> Result<ApiConfig, ConfigError> {
+        let mut api = ApiConfig::default();
+        let Some(raw) = raw else { return Ok(api) };
+        let r = raw.get_ref();
+        if let Some(v) = self.bool("api.enabled", r.enabled.as_ref())? {
+            api.enabled = v.v;
+        }
+        if let Some(v) = self.bool("api.hmac", r.hmac.as_ref())? {
+            api.hmac = v.v;
+        }
+        if let Some(issuer) = self.opt_string("api.oidc_issuer", r.oidc_issuer.as_ref())? {
+            self.checked("api.oidc_issuer", &issuer, check_http_url)?;
+            api.oidc_issuer = issuer.v.trim_end_matches('/').to_string();
+        }
+        if let Some(aud) = self.opt_string("api.oidc_audience", r.oidc_audience.as_ref())? {
+            self.checked("api.oidc_audience", &aud, |v| {
+                if v.trim().is_empty() {
+                    Err("must not be empty".to_string())
+                } else {
+                    Ok(())
+                }
+            })?;
+            api.oidc_audience = aud.v;
+        }
+        let max = self.int_in(
+            "api.max_runs_per_repo",
+            r.max_runs_per_repo.as_ref(),
+            10,
+            1,
+            i64::from(u32::MAX),
+        )?;
+        api.max_runs_per_repo = u32::try_from(max.v).unwrap_or(u32::MAX);
+        Ok(api)
     }
 
     fn server(&self, raw: Option<&Spanned<RawServer>>) -> Result<ServerConfig, ConfigError> {

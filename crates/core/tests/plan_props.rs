@@ -70,6 +70,7 @@ fn config(max: [u32; 3], scope_org: bool) -> Config {
             external_id: None,
             events_queue: None,
         },
+        api: runfleet_core::config::ApiConfig::default(),
         pools: vec![
             pool("linux-x64", LABELS[0], max[0]),
             pool("linux-arm64", LABELS[1], max[1]),

@@ -1,12 +1,17 @@
 //! runfleet's HTTP surface and the long-running service around the engine.
 //!
-//! **Owns**: the routes of INTERFACE.md (`POST /webhook`, `GET /healthz`,
-//! `GET /readyz`, `GET /metrics`, `GET /`), their limits (body size,
+//! **Owns**: the routes of INTERFACE.md (`POST /webhook`, `POST /v1/start`,
+//! `GET /v1/runs/{id}`, `GET /healthz`, `GET /readyz`, `GET /metrics`,
+//! `GET /`), the on-demand API's authentication ([`v1::auth`]: GitHub
+//! Actions OIDC tokens against the issuer's JWKS, the token-and-HMAC
+//! scheme), their limits (body size,
 //! timeouts), structured JSON errors, the engine driver task, and graceful
 //! shutdown (stop intake, finish the step under way, return).
 //!
-//! **Never**: acknowledges a webhook before the store committed it; calls
-//! GitHub or AWS itself (the engine does, through its adapters); shows a
+//! **Never**: acknowledges a webhook or a start request before the store
+//! committed it; calls AWS, or GitHub on the engine's behalf (the engine
+//! does, through its adapters; the API only fetches the OIDC issuer's keys
+//! and asks GitHub whether a caller's token reads a repository); shows a
 //! secret on a page, in a metric or in an error body.
 //!
 //! **Public boundary**: [`start`] -> [`Running`] (`addr`, `stop`),
@@ -14,6 +19,7 @@
 
 pub mod metrics;
 pub mod page;
+pub mod v1;
 pub mod view;
 
 use std::net::SocketAddr;
@@ -54,6 +60,8 @@ pub struct AppState {
     pub verifier: Option<Verifier>,
     pub view: RwLock<View>,
     pub metrics: Metrics,
+    /// The on-demand API's verifiers and accepted runs.
+    pub api: v1::Api,
 }
 
 fn error(status: StatusCode, message: impl Into<String>) -> Response {
@@ -68,6 +76,8 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/metrics", get(metrics))
         .route("/", get(status_page))
         .route("/status.json", get(status_json))
+        .route("/v1/start", post(v1::start))
+        .route("/v1/runs/{id}", get(v1::run))
         .fallback(|| async { error(StatusCode::NOT_FOUND, "no such route") })
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .layer(TimeoutLayer::with_status_code(
@@ -194,6 +204,7 @@ pub async fn start(engine: Engine, listen: &str) -> std::io::Result<Running> {
     let verifier = config.github.webhook_secret.as_ref().map(Verifier::new);
     let state = Arc::new(AppState {
         metrics: Metrics::new(&config),
+        api: v1::Api::new(&config),
         store: engine.store().clone(),
         waker: Waker::new(),
         verifier,

@@ -40,6 +40,22 @@ pub const AWS_OPERATIONS: [&str; 7] = [
     "DeleteParameter",
     "GetParametersByPath",
 ];
+/// `/v1` routes and their outcomes in `runfleet_api_requests_total`.
+pub const API_OUTCOMES: [(&str, &[&str]); 2] = [
+    (
+        "start",
+        &[
+            "accepted",
+            "unauthorized",
+            "forbidden",
+            "bad_request",
+            "limited",
+            "not_found",
+            "unavailable",
+        ],
+    ),
+    ("runs", &["ok", "unauthorized", "not_found", "unavailable"]),
+];
 const ERROR_KINDS: [ErrorKind; 7] = [
     ErrorKind::Capacity,
     ErrorKind::Throttled,
@@ -69,6 +85,7 @@ pub struct Metrics {
     aws_requests: Family<Labels, Counter>,
     webhooks: Family<Labels, Counter>,
     queued_jobs: Family<Labels, Gauge>,
+    api_requests: Family<Labels, Counter>,
     /// Totals already added to counters, by series, for cumulative sources.
     seen: Mutex<HashMap<String, u64>>,
 }
@@ -89,6 +106,17 @@ impl Metrics {
         let aws_requests = Family::<Labels, Counter>::default();
         let webhooks = Family::<Labels, Counter>::default();
         let queued_jobs = Family::<Labels, Gauge>::default();
+        let api_requests = Family::<Labels, Counter>::default();
+        registry.register(
+            "runfleet_api_requests",
+            "On-demand API (/v1) requests by route and outcome",
+            api_requests.clone(),
+        );
+        for (route, outcomes) in API_OUTCOMES {
+            for o in outcomes.iter() {
+                let _ = api_requests.get_or_create(&labels(&[("route", route), ("outcome", o)]));
+            }
+        }
         registry.register("runfleet_jobs", "Jobs by pool and outcome", jobs.clone());
         registry.register(
             "runfleet_instances",
@@ -169,6 +197,7 @@ impl Metrics {
             aws_requests,
             webhooks,
             queued_jobs,
+            api_requests,
             seen: Mutex::new(HashMap::new()),
         }
     }
@@ -177,6 +206,14 @@ impl Metrics {
     pub fn webhook(&self, result: &str) {
         self.webhooks
             .get_or_create(&labels(&[("result", result)]))
+            .inc();
+    }
+
+    /// Counts one `/v1` request: `route` `start` or `runs`, `outcome` one of
+    /// [`API_OUTCOMES`].
+    pub fn api(&self, route: &str, outcome: &str) {
+        self.api_requests
+            .get_or_create(&labels(&[("route", route), ("outcome", outcome)]))
             .inc();
     }
 

@@ -3,7 +3,8 @@
 
 use std::collections::BTreeMap;
 
-use runfleet_core::model::{InstanceState, JobState, LaunchState, Millis};
+use runfleet_core::model::{InstanceState, JobState, LaunchState, Millis, Scope};
+use runfleet_core::runs::{RunStatus, run_status};
 use runfleet_engine::{Engine, Health};
 use serde::Serialize;
 
@@ -71,6 +72,16 @@ pub struct View {
     /// Reconciles and steps since start (tests and operators can wait on these).
     pub reconciles: u64,
     pub steps: u64,
+    /// On-demand runs (`launch`, `/v1/start`) the engine holds, by id.
+    pub runs: BTreeMap<String, RunView>,
+}
+
+/// One on-demand run and where its runner is registered (who may see it).
+#[derive(Debug, Clone, Serialize)]
+pub struct RunView {
+    #[serde(flatten)]
+    pub status: RunStatus,
+    pub scope: Scope,
 }
 
 impl View {
@@ -162,6 +173,20 @@ impl View {
         instances.sort_by_key(|i| (i.launched_at, i.id.clone()));
         failures.sort_by_key(|f| std::cmp::Reverse(f.at));
         failures.truncate(50);
+        let runs = obs
+            .launches
+            .values()
+            .filter(|l| l.unique_label.is_some())
+            .filter_map(|l| {
+                Some((
+                    l.id.clone(),
+                    RunView {
+                        status: run_status(obs, &l.id)?,
+                        scope: l.scope.clone(),
+                    },
+                ))
+            })
+            .collect();
         View {
             fleet: cfg.fleet.clone(),
             at: now,
@@ -173,6 +198,7 @@ impl View {
             published: true,
             reconciles: engine.stats().reconciles,
             steps: engine.stats().steps,
+            runs,
         }
     }
 }
