@@ -556,3 +556,71 @@ async fn reap_dry_run_lists_and_reap_terminates_only_this_fleets_orphans() {
         "another fleet's instance untouched"
     );
 }
+
+/// `runfleet start` against the real `serve` (the token-and-HMAC scheme
+/// with the fake GitHub's token): one instance for the run, its runner
+/// registered with only the run's labels, and `--wait` returns once the
+/// runner is online, with the same output `launch` gives.
+#[tokio::test(flavor = "multi_thread")]
+async fn start_client_gets_a_runner_from_serve() {
+    let Some(e) = env("ondemand").await else {
+        return;
+    };
+    let serve = e.serve(&e.config("10m"));
+    let out_file = e.dir.join("github_output");
+    let mut start = tokio::process::Command::from(e.runfleet(
+        &[
+            "start",
+            "--url",
+            &serve.url,
+            "--repo",
+            "acme/app",
+            "--pool",
+            "linux-x64",
+            "--github-token-env",
+            "TEST_GITHUB_TOKEN",
+            "--wait",
+            "--timeout",
+            "60s",
+        ],
+        &e.dir.join("runfleet.toml"),
+    ));
+    let child = start
+        .env("GITHUB_OUTPUT", &out_file)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("runfleet start runs");
+    // The instance comes; its runner connects with the JIT config from SSM.
+    until("one instance", || async { e.alive().await == 1 }).await;
+    let (id, _) = e.ours().await.remove(0);
+    until("the JIT config in SSM", || async {
+        e.param(&id).await.is_some()
+    })
+    .await;
+    let jit = e.param(&id).await.unwrap();
+    e.fake
+        .connect_jit(&jit)
+        .await
+        .expect("the JIT config names a runner");
+    let out = tokio::time::timeout(Duration::from_secs(60), child.wait_with_output())
+        .await
+        .expect("start returns once the runner is online")
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON line");
+    assert_eq!(v["instance_id"], id.as_str());
+    assert_eq!(
+        v["runner_name"],
+        format!("runfleet-linux-x64-{id}").as_str()
+    );
+    let labels: Vec<String> = serde_json::from_value(v["labels"].clone()).unwrap();
+    assert_eq!(labels[0], "self-hosted");
+    assert!(labels[1].starts_with("rf-"), "{labels:?}");
+    let written = std::fs::read_to_string(&out_file).unwrap();
+    assert!(written.contains(&format!("instance-id={id}")), "{written}");
+    let token = e.fake.pat().unwrap();
+    assert!(!stderr.contains(&token) && !written.contains(&token));
+    assert_eq!(e.ours().await.len(), 1, "exactly one instance for the run");
+}
