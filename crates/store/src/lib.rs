@@ -91,11 +91,14 @@
 //! transaction) or read only below the oldest in-flight seq; the
 //! conformance case `tailing_intake_since_misses_nothing` checks it.
 
+pub mod postgres;
 pub mod sqlite;
 pub mod url;
 
 #[cfg(feature = "conformance")]
 pub mod conformance;
+#[cfg(feature = "conformance")]
+pub mod testpg;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -103,6 +106,7 @@ use std::sync::Arc;
 use runfleet_core::model::ErrorKind;
 use runfleet_engine::ports::{PortError, Store};
 
+pub use postgres::PgStore;
 pub use sqlite::{SCHEMA_VERSION, SqliteStore};
 pub use url::StoreUrl;
 
@@ -114,9 +118,10 @@ pub enum StoreError {
     /// `server.store` is not a URL this build understands.
     #[error("store URL {url}: {problem}")]
     Url { url: String, problem: String },
-    /// `postgres://` URLs parse, but the PostgreSQL store is not built yet.
-    #[error("store URL {url}: the PostgreSQL store is not built yet; use a sqlite:// store")]
-    PostgresNotBuilt { url: String },
+    /// The PostgreSQL server cannot be reached, refuses the login, or the
+    /// URL's options cannot be used. `url` has its password masked.
+    #[error("store {url}: {reason}")]
+    Postgres { url: String, reason: String },
     /// The file (or its directory) cannot be opened or created.
     #[error("store {}: {reason}", path.display())]
     Open { path: PathBuf, reason: String },
@@ -149,7 +154,7 @@ pub enum StoreError {
 impl From<StoreError> for PortError {
     fn from(e: StoreError) -> PortError {
         let kind = match e {
-            StoreError::Open { .. } => ErrorKind::Transient,
+            StoreError::Open { .. } | StoreError::Postgres { .. } => ErrorKind::Transient,
             _ => ErrorKind::Invalid,
         };
         PortError::new(kind, e.to_string())
@@ -162,6 +167,6 @@ pub async fn open(url: &str) -> Result<Arc<dyn Store>, StoreError> {
     match StoreUrl::parse(url)? {
         StoreUrl::SqliteFile(path) => Ok(Arc::new(SqliteStore::open(path).await?)),
         StoreUrl::SqliteMemory => Ok(Arc::new(SqliteStore::open_in_memory().await?)),
-        StoreUrl::Postgres { masked } => Err(StoreError::PostgresNotBuilt { url: masked }),
+        StoreUrl::Postgres { url, .. } => Ok(Arc::new(PgStore::open(&url).await?)),
     }
 }

@@ -1,0 +1,157 @@
+//! The conformance suite and PostgreSQL-specific checks against a real,
+//! throwaway PostgreSQL server on loopback (`runfleet_store::testpg`).
+//! Without PostgreSQL installed these tests print why and pass, except with
+//! `CI=true`, where they fail.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use runfleet_engine::ports::Store;
+use runfleet_store::conformance::TestDb;
+use runfleet_store::testpg::{PgCluster, cluster_or_skip};
+use runfleet_store::{PgStore, StoreError};
+
+/// One database in this test's cluster; every `open` is a new `PgStore`
+/// (its own connections).
+struct PgDb {
+    cluster: Arc<PgCluster>,
+    url: String,
+}
+
+impl PgDb {
+    async fn fresh() -> Option<PgDb> {
+        let cluster = Arc::new(tokio::task::spawn_blocking(cluster_or_skip).await.ok()??);
+        let url = cluster.create_database().await;
+        Some(PgDb { cluster, url })
+    }
+}
+
+#[async_trait]
+impl TestDb for PgDb {
+    async fn open(&self) -> Arc<dyn Store> {
+        Arc::new(PgStore::open(&self.url).await.expect("open"))
+    }
+    async fn fail_timeline_what(&self, what: &str) -> bool {
+        let what = what.replace('\'', "''");
+        self.cluster
+            .sql(
+                &self.url,
+                &format!(
+                    "CREATE FUNCTION poison() RETURNS trigger LANGUAGE plpgsql AS $$ \
+                     BEGIN IF NEW.what = convert_to('{what}', 'UTF8') THEN \
+                     RAISE EXCEPTION 'poisoned timeline entry'; END IF; RETURN NEW; END $$; \
+                     CREATE TRIGGER poison BEFORE INSERT ON timeline \
+                     FOR EACH ROW EXECUTE FUNCTION poison();"
+                ),
+            )
+            .await;
+        true
+    }
+}
+
+mod conformance {
+    use super::*;
+    runfleet_store::conformance_tests!(optional: || async {
+        PgDb::fresh().await.map(|db| Box::new(db) as Box<dyn TestDb>)
+    });
+}
+
+/// A wrong password, an unreachable server, a missing database and an
+/// unusable sslmode each give a one-line error that names the URL with the
+/// password masked, and never the password.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connection_errors_are_clear_and_never_show_the_password() {
+    let Some(db) = PgDb::fresh().await else { return };
+    let pw = db.cluster.password().to_owned();
+    let port = db.cluster.port();
+    let cases = [
+        (
+            format!("postgres://runfleet:wrong-{pw}@127.0.0.1:{port}/postgres"),
+            "password authentication failed",
+        ),
+        (
+            format!("postgres://runfleet:{pw}@127.0.0.1:{port}/no_such_db"),
+            "does not exist",
+        ),
+        (
+            format!("postgres://runfleet:{pw}@127.0.0.1:1/postgres?connect_timeout=2"),
+            "connecting",
+        ),
+        (
+            format!("postgres://runfleet:{pw}@127.0.0.1:{port}/postgres?sslmode=require"),
+            "sslmode=require",
+        ),
+        (
+            format!("postgres://runfleet:{pw}@127.0.0.1:{port}/postgres?bogus_option=1"),
+            "not a valid PostgreSQL connection URL",
+        ),
+    ];
+    for (url, want) in cases {
+        let err = runfleet_store::open(&url).await.err().expect(&want.to_string());
+        let msg = err.to_string();
+        assert!(msg.contains(want), "{msg}");
+        assert!(msg.contains("runfleet:***@127.0.0.1"), "{msg}");
+        assert!(!msg.contains(&pw), "{msg}");
+        assert!(!format!("{err:?}").contains(&pw), "{err:?}");
+        assert!(!msg.contains('\n'), "{msg}");
+    }
+}
+
+/// `runfleet_store::open` with a `postgres://` URL gives a working store;
+/// a second open of a migrated database changes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn open_migrates_once_and_reopens() {
+    let Some(db) = PgDb::fresh().await else { return };
+    let s = runfleet_store::open(&db.url).await.expect("open");
+    s.apply(&[runfleet_engine::ports::Mutation::Cursor(5)])
+        .await
+        .unwrap();
+    drop(s);
+    // Several replicas starting at once migrate one after the other.
+    let opens: Vec<_> = (0..4)
+        .map(|_| {
+            let url = db.url.clone();
+            tokio::spawn(async move { runfleet_store::open(&url).await.map(drop) })
+        })
+        .collect();
+    for o in opens {
+        o.await.unwrap().expect("concurrent open");
+    }
+    let fresh = db.cluster.create_database().await;
+    let opens: Vec<_> = (0..4)
+        .map(|_| {
+            let url = fresh.clone();
+            tokio::spawn(async move { runfleet_store::open(&url).await.map(drop) })
+        })
+        .collect();
+    for o in opens {
+        o.await.unwrap().expect("concurrent first open");
+    }
+    let s = runfleet_store::open(&db.url).await.expect("reopen");
+    assert_eq!(s.load().await.unwrap().cursor, 5);
+}
+
+/// A database with tables of runfleet's names that runfleet did not
+/// create, and one of a newer schema version, are refused untouched.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn foreign_and_newer_databases_are_refused() {
+    let Some(db) = PgDb::fresh().await else { return };
+    db.cluster
+        .sql(&db.url, "CREATE TABLE jobs (x INTEGER); INSERT INTO jobs VALUES (42);")
+        .await;
+    let err = PgStore::open(&db.url).await.expect_err("foreign");
+    assert!(matches!(err, StoreError::Foreign { .. }), "{err:?}");
+    assert!(err.to_string().contains("jobs"), "{err}");
+    assert!(!err.to_string().contains(db.cluster.password()), "{err}");
+
+    let newer = db.cluster.create_database().await;
+    drop(PgStore::open(&newer).await.expect("open"));
+    db.cluster
+        .sql(&newer, "UPDATE runfleet_schema SET version = 999;")
+        .await;
+    let err = PgStore::open(&newer).await.expect_err("too new");
+    assert!(
+        matches!(err, StoreError::TooNew { found: 999, .. }),
+        "{err:?}"
+    );
+}
