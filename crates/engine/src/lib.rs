@@ -11,10 +11,13 @@
 //! [`ports::Store`], reads a clock (time is passed in), or logs a secret.
 //!
 //! **Public boundary**: [`ports`] (the traits adapters implement),
-//! [`Engine`] (`new`, `intake`, `step`, `reconcile`), [`memstore::MemStore`].
+//! [`Engine`] (`new`, `intake`, `step`, `reconcile`, `reload`),
+//! [`memstore::MemStore`], [`driver`], and [`lease`] (several replicas on
+//! one store: only the lease holder acts, its writes fenced by epoch).
 
 pub mod driver;
 pub mod engine;
+pub mod lease;
 pub mod memstore;
 pub mod ports;
 
