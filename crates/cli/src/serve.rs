@@ -87,7 +87,11 @@ fn replica_id() -> String {
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos()),
     );
-    format!("{host}-{}-{:06x}", std::process::id(), h.finish() & 0xff_ffff)
+    format!(
+        "{host}-{}-{:06x}",
+        std::process::id(),
+        h.finish() & 0xff_ffff
+    )
 }
 
 async fn shutdown_signal() {

@@ -215,7 +215,9 @@ impl Lease {
         if held {
             match self.0.store.release_lease(&self.0.replica).await {
                 Ok(()) => info!(replica = %self.0.replica, "released the leadership lease"),
-                Err(e) => warn!(replica = %self.0.replica, error = %e, "cannot release the leadership lease"),
+                Err(e) => {
+                    warn!(replica = %self.0.replica, error = %e, "cannot release the leadership lease")
+                }
             }
         }
     }

@@ -124,11 +124,13 @@ impl Store for MemStore {
 
     async fn try_lease(&self, holder: &str, ttl_ms: u64, now_ms: u64) -> PortResult<Option<u64>> {
         let mut g = self.inner.lock().unwrap();
-        Ok(lease_rule(g.lease.as_ref(), holder, ttl_ms, now_ms).map(|l| {
-            let epoch = l.epoch;
-            g.lease = Some(l);
-            epoch
-        }))
+        Ok(
+            lease_rule(g.lease.as_ref(), holder, ttl_ms, now_ms).map(|l| {
+                let epoch = l.epoch;
+                g.lease = Some(l);
+                epoch
+            }),
+        )
     }
 
     async fn release_lease(&self, holder: &str) -> PortResult<()> {

@@ -1259,7 +1259,10 @@ pub async fn tailing_two_handles_misses_nothing(db: &dyn TestDb) {
         }
         let empty = page.is_empty();
         seen.extend(jobs_only(page));
-        assert!(seen.len() <= 240, "the tailing reader got entries more than once");
+        assert!(
+            seen.len() <= 240,
+            "the tailing reader got entries more than once"
+        );
         if finished && empty {
             break;
         }
@@ -1289,11 +1292,20 @@ pub async fn lease_is_exclusive_until_it_expires(db: &dyn TestDb) {
     assert_eq!(s.try_lease("a", 1000, t0 + 500).await.unwrap(), Some(1));
     assert_eq!(other.try_lease("b", 1000, t0 + 1499).await.unwrap(), None);
     let l = other.lease().await.unwrap().expect("lease");
-    assert_eq!((l.holder.as_str(), l.epoch, l.expires_at), ("a", 1, t0 + 1500));
+    assert_eq!(
+        (l.holder.as_str(), l.epoch, l.expires_at),
+        ("a", 1, t0 + 1500)
+    );
     // Expired: the next holder gets the next epoch, and the old one is out.
-    assert_eq!(other.try_lease("b", 1000, t0 + 1500).await.unwrap(), Some(2));
+    assert_eq!(
+        other.try_lease("b", 1000, t0 + 1500).await.unwrap(),
+        Some(2)
+    );
     assert_eq!(s.try_lease("a", 1000, t0 + 1501).await.unwrap(), None);
-    assert_eq!(other.try_lease("b", 1000, t0 + 2000).await.unwrap(), Some(2));
+    assert_eq!(
+        other.try_lease("b", 1000, t0 + 2000).await.unwrap(),
+        Some(2)
+    );
     // Releasing by someone else does nothing; by the holder frees it now.
     s.release_lease("a").await.unwrap();
     assert_eq!(s.try_lease("a", 1000, t0 + 2001).await.unwrap(), None);
@@ -1304,7 +1316,10 @@ pub async fn lease_is_exclusive_until_it_expires(db: &dyn TestDb) {
     assert_eq!(s.try_lease("a", 1000, t0 + 9000).await.unwrap(), Some(3));
     drop(s);
     let l = db.open().await.lease().await.unwrap().expect("lease");
-    assert_eq!((l.holder.as_str(), l.epoch, l.expires_at), ("a", 3, t0 + 10_000));
+    assert_eq!(
+        (l.holder.as_str(), l.epoch, l.expires_at),
+        ("a", 3, t0 + 10_000)
+    );
 }
 
 /// A fenced batch lands only while its writer holds the lease at its epoch;
@@ -1328,7 +1343,10 @@ pub async fn fenced_apply_refuses_a_stale_leader_whole(db: &dyn TestDb) {
     let err = s.apply_fenced(&a, &batch).await.expect_err("no lease yet");
     assert!(err.is_fenced(), "{err:?}");
     assert_eq!(s.load().await.unwrap(), Snapshot::default());
-    assert_eq!(s.try_lease("replica-a", 1000, 5_000).await.unwrap(), Some(1));
+    assert_eq!(
+        s.try_lease("replica-a", 1000, 5_000).await.unwrap(),
+        Some(1)
+    );
     s.apply_fenced(&a, &batch).await.unwrap();
     let before = s.load().await.unwrap();
     assert_eq!(before.cursor, 7);
@@ -1339,11 +1357,19 @@ pub async fn fenced_apply_refuses_a_stale_leader_whole(db: &dyn TestDb) {
         holder: "replica-a".into(),
         epoch: 2,
     };
-    assert!(s.apply_fenced(&wrong, &[Mutation::Cursor(1)]).await.unwrap_err().is_fenced());
+    assert!(
+        s.apply_fenced(&wrong, &[Mutation::Cursor(1)])
+            .await
+            .unwrap_err()
+            .is_fenced()
+    );
     let before = s.load().await.unwrap();
     let timeline_before = s.timeline(None, 100).await.unwrap();
     // b takes over.
-    assert_eq!(other.try_lease("replica-b", 1000, 6_001).await.unwrap(), Some(2));
+    assert_eq!(
+        other.try_lease("replica-b", 1000, 6_001).await.unwrap(),
+        Some(2)
+    );
     let mut launched = launch("l-1", Some(1));
     launched.state = LaunchState::Launched;
     launched.instance_id = Some("i-1".into());
@@ -1357,8 +1383,16 @@ pub async fn fenced_apply_refuses_a_stale_leader_whole(db: &dyn TestDb) {
     ];
     let err = s.apply_fenced(&a, &stale).await.expect_err("stale leader");
     assert!(err.is_fenced(), "{err:?}");
-    assert!(err.message.contains("replica-a") && err.message.contains("replica-b"), "{}", err.message);
-    assert_eq!(s.load().await.unwrap(), before, "a stale batch left a trace");
+    assert!(
+        err.message.contains("replica-a") && err.message.contains("replica-b"),
+        "{}",
+        err.message
+    );
+    assert_eq!(
+        s.load().await.unwrap(),
+        before,
+        "a stale batch left a trace"
+    );
     assert_eq!(s.timeline(None, 100).await.unwrap(), timeline_before);
     // The new leader writes; the record moves forward and stays there.
     let b = Fence {
@@ -1369,7 +1403,12 @@ pub async fn fenced_apply_refuses_a_stale_leader_whole(db: &dyn TestDb) {
         .apply_fenced(&b, &[Mutation::PutLaunch(launched.clone())])
         .await
         .unwrap();
-    assert!(s.apply_fenced(&a, &[Mutation::PutLaunch(launch("l-1", Some(1)))]).await.unwrap_err().is_fenced());
+    assert!(
+        s.apply_fenced(&a, &[Mutation::PutLaunch(launch("l-1", Some(1)))])
+            .await
+            .unwrap_err()
+            .is_fenced()
+    );
     let snap = db.open().await.load().await.unwrap();
     assert_eq!(snap.launches, [launched]);
     assert_eq!(snap.cursor, 8);
@@ -1393,7 +1432,10 @@ pub async fn concurrent_lease_takers_one_winner(db: &dyn TestDb) {
             let h = h.clone();
             tasks.spawn(async move {
                 let holder = format!("r{round}-{n}");
-                (holder.clone(), h.try_lease(&holder, 5_000, now).await.expect("try_lease"))
+                (
+                    holder.clone(),
+                    h.try_lease(&holder, 5_000, now).await.expect("try_lease"),
+                )
             });
         }
         let mut winners = Vec::new();

@@ -110,7 +110,9 @@ struct Shown {
 impl Shown {
     fn scrub(&self, text: String) -> String {
         match &self.password {
-            Some(p) if !p.is_empty() && text.contains(p.as_str()) => text.replace(p.as_str(), "***"),
+            Some(p) if !p.is_empty() && text.contains(p.as_str()) => {
+                text.replace(p.as_str(), "***")
+            }
             _ => text,
         }
     }
@@ -424,10 +426,7 @@ async fn migrate(
         .await
         .map_err(|e| fail(latest, &e))?;
     let ours: bool = tx
-        .query_one(
-            "SELECT to_regclass('runfleet_schema') IS NOT NULL",
-            &[],
-        )
+        .query_one("SELECT to_regclass('runfleet_schema') IS NOT NULL", &[])
         .await
         .map_err(|e| fail(latest, &e))?
         .get(0);
@@ -737,7 +736,9 @@ async fn read_lease(
         "FOR UPDATE" => {
             "SELECT holder, epoch, expires_at FROM lease WHERE name = 'leader' FOR UPDATE"
         }
-        "FOR SHARE" => "SELECT holder, epoch, expires_at FROM lease WHERE name = 'leader' FOR SHARE",
+        "FOR SHARE" => {
+            "SELECT holder, epoch, expires_at FROM lease WHERE name = 'leader' FOR SHARE"
+        }
         _ => "SELECT holder, epoch, expires_at FROM lease WHERE name = 'leader'",
     };
     let rows = c.query(sql, &[]).await?;
@@ -903,7 +904,10 @@ fn text(shown: &Shown, bytes: Vec<u8>) -> PortResult<String> {
     String::from_utf8(bytes).map_err(|e| {
         PortError::new(
             ErrorKind::Invalid,
-            format!("postgres store {}: stored text is not UTF-8: {e}", shown.url),
+            format!(
+                "postgres store {}: stored text is not UTF-8: {e}",
+                shown.url
+            ),
         )
     })
 }

@@ -402,10 +402,8 @@ impl Store for SqliteStore {
 
     async fn lease(&self) -> PortResult<Option<LeaseInfo>> {
         let loc = self.location.to_string();
-        self.read(move |conn| {
-            read_lease(conn).map_err(|e| db_error(&loc, "reading the lease", e))
-        })
-        .await
+        self.read(move |conn| read_lease(conn).map_err(|e| db_error(&loc, "reading the lease", e)))
+            .await
     }
 
     async fn apply_fenced(&self, fence: &Fence, batch: &[Mutation]) -> PortResult<()> {

@@ -61,7 +61,9 @@ mod conformance {
 /// password masked, and never the password.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connection_errors_are_clear_and_never_show_the_password() {
-    let Some(db) = PgDb::fresh().await else { return };
+    let Some(db) = PgDb::fresh().await else {
+        return;
+    };
     let pw = db.cluster.password().to_owned();
     let port = db.cluster.port();
     let cases = [
@@ -87,7 +89,10 @@ async fn connection_errors_are_clear_and_never_show_the_password() {
         ),
     ];
     for (url, want) in cases {
-        let err = runfleet_store::open(&url).await.err().expect(&want.to_string());
+        let err = runfleet_store::open(&url)
+            .await
+            .err()
+            .expect(&want.to_string());
         let msg = err.to_string();
         assert!(msg.contains(want), "{msg}");
         assert!(msg.contains("runfleet:***@127.0.0.1"), "{msg}");
@@ -101,7 +106,9 @@ async fn connection_errors_are_clear_and_never_show_the_password() {
 /// a second open of a migrated database changes nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn open_migrates_once_and_reopens() {
-    let Some(db) = PgDb::fresh().await else { return };
+    let Some(db) = PgDb::fresh().await else {
+        return;
+    };
     let s = runfleet_store::open(&db.url).await.expect("open");
     s.apply(&[runfleet_engine::ports::Mutation::Cursor(5)])
         .await
@@ -135,9 +142,14 @@ async fn open_migrates_once_and_reopens() {
 /// create, and one of a newer schema version, are refused untouched.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn foreign_and_newer_databases_are_refused() {
-    let Some(db) = PgDb::fresh().await else { return };
+    let Some(db) = PgDb::fresh().await else {
+        return;
+    };
     db.cluster
-        .sql(&db.url, "CREATE TABLE jobs (x INTEGER); INSERT INTO jobs VALUES (42);")
+        .sql(
+            &db.url,
+            "CREATE TABLE jobs (x INTEGER); INSERT INTO jobs VALUES (42);",
+        )
         .await;
     let err = PgStore::open(&db.url).await.expect_err("foreign");
     assert!(matches!(err, StoreError::Foreign { .. }), "{err:?}");
