@@ -90,7 +90,20 @@ pub struct PgStore {
     config: tokio_postgres::Config,
     idle: Mutex<Vec<Conn>>,
     slots: Semaphore,
+    /// The intake writer task (group commit); closed when the store drops.
+    intakes: tokio::sync::mpsc::UnboundedSender<IntakeReq>,
 }
+
+/// One intake waiting for the writer task.
+struct IntakeReq {
+    delivery: Vec<u8>,
+    job_id: i64,
+    json: String,
+    reply: tokio::sync::oneshot::Sender<PortResult<Intake>>,
+}
+
+/// Most intakes committed in one transaction.
+pub const MAX_GROUP: usize = 256;
 
 impl fmt::Debug for PgStore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -290,14 +303,18 @@ impl PgStore {
         let password = config
             .get_password()
             .map(|p| String::from_utf8_lossy(p).into_owned());
+        let shown = Arc::new(Shown {
+            url: masked.clone(),
+            password,
+        });
+        let (intakes, queue) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(intake_writer(config.clone(), shown.clone(), queue));
         let store = PgStore {
-            shown: Arc::new(Shown {
-                url: masked.clone(),
-                password,
-            }),
+            shown,
             config,
             idle: Mutex::new(Vec::new()),
             slots: Semaphore::new(MAX_CONNECTIONS),
+            intakes,
         };
         {
             let mut conn = store.conn().await.map_err(|e| fail(e.message))?;
@@ -313,21 +330,7 @@ impl PgStore {
     }
 
     async fn connect(&self) -> PortResult<Conn> {
-        let (client, connection) = self
-            .config
-            .connect(NoTls)
-            .await
-            .map_err(|e| self.shown.error("connecting", &e))?;
-        let shown = self.shown.clone();
-        tokio::spawn(async move {
-            if let Err(e) = connection.await {
-                tracing::warn!(store = %shown.url, error = %shown.scrub(describe(&e)), "postgres connection ended");
-            }
-        });
-        Ok(Conn {
-            client,
-            stmts: HashMap::new(),
-        })
+        connect(&self.config, &self.shown).await
     }
 
     async fn conn(&self) -> PortResult<Pooled<'_>> {
@@ -406,6 +409,135 @@ impl From<tokio_postgres::Error> for TxError {
     fn from(e: tokio_postgres::Error) -> Self {
         TxError::Db(e)
     }
+}
+
+async fn connect(config: &tokio_postgres::Config, shown: &Arc<Shown>) -> PortResult<Conn> {
+    let (client, connection) = config
+        .connect(NoTls)
+        .await
+        .map_err(|e| shown.error("connecting", &e))?;
+    let shown = shown.clone();
+    tokio::spawn(async move {
+        if let Err(e) = connection.await {
+            tracing::warn!(store = %shown.url, error = %shown.scrub(describe(&e)), "postgres connection ended");
+        }
+    });
+    Ok(Conn {
+        client,
+        stmts: HashMap::new(),
+    })
+}
+
+/// Group commit for intakes: takes whatever is queued (up to
+/// [`MAX_GROUP`]) and stores it in one transaction under the intake lock,
+/// so concurrent webhooks of this replica share one commit (one fsync)
+/// instead of queueing for the lock one by one. If the group fails, each
+/// intake is tried again alone, so one bad intake fails only its caller.
+async fn intake_writer(
+    config: tokio_postgres::Config,
+    shown: Arc<Shown>,
+    mut queue: tokio::sync::mpsc::UnboundedReceiver<IntakeReq>,
+) {
+    let mut conn: Option<Conn> = None;
+    while let Some(first) = queue.recv().await {
+        let mut group = vec![first];
+        while group.len() < MAX_GROUP {
+            match queue.try_recv() {
+                Ok(r) => group.push(r),
+                Err(_) => break,
+            }
+        }
+        if conn.as_ref().is_none_or(|c| c.client.is_closed()) {
+            match connect(&config, &shown).await {
+                Ok(c) => conn = Some(c),
+                Err(e) => {
+                    for r in group {
+                        let _ = r.reply.send(Err(e.clone()));
+                    }
+                    continue;
+                }
+            }
+        }
+        let c = conn.as_mut().expect("connected");
+        let outcome = if group.len() == 1 {
+            Err(None)
+        } else {
+            intake_group(c, &group).await.map_err(Some)
+        };
+        match outcome {
+            Ok(results) => {
+                for (r, result) in group.into_iter().zip(results) {
+                    let _ = r.reply.send(Ok(result));
+                }
+            }
+            Err(e) => {
+                if let Some(e) = e {
+                    tracing::debug!(store = %shown.url, error = %shown.scrub(describe(&e)), "intake group failed, storing one by one");
+                    if c.client.batch_execute("ROLLBACK").await.is_err() {
+                        conn = None;
+                    }
+                }
+                for r in group {
+                    let result = match conn.as_mut() {
+                        Some(c) => intake_one(c, &r)
+                            .await
+                            .map_err(|e| shown.error("storing an intake", &e)),
+                        None => Err(PortError::new(
+                            ErrorKind::Transient,
+                            format!(
+                                "postgres store {}: storing an intake: connection lost",
+                                shown.url
+                            ),
+                        )),
+                    };
+                    let _ = r.reply.send(result);
+                }
+            }
+        }
+    }
+}
+
+const INTAKE_GROUP_SQL: &str = "WITH d AS (INSERT INTO deliveries (id, seq) \
+     VALUES ($1, nextval('intake_seq')) ON CONFLICT (id) DO NOTHING RETURNING seq) \
+     INSERT INTO intake (seq, job_id, event) SELECT seq, $2, $3 FROM d RETURNING seq";
+
+async fn intake_group(
+    c: &mut Conn,
+    group: &[IntakeReq],
+) -> Result<Vec<Intake>, tokio_postgres::Error> {
+    c.client.batch_execute("BEGIN").await?;
+    // Held until COMMIT: every seq drawn below commits before any later one.
+    c.execute("SELECT pg_advisory_xact_lock($1)", &[&INTAKE_LOCK])
+        .await?;
+    let stmt = c.stmt(INTAKE_GROUP_SQL).await?;
+    // Pipelined, in order: the server runs them one after the other.
+    let client = &c.client;
+    let rows = futures::future::try_join_all(group.iter().map(|r| async {
+        client
+            .query(&stmt, &[&r.delivery, &r.job_id, &r.json])
+            .await
+    }))
+    .await?;
+    c.client.batch_execute("COMMIT").await?;
+    Ok(rows
+        .iter()
+        .map(|rows| match rows.first() {
+            Some(r) => Intake::Stored(u(r.get(0))),
+            None => Intake::Duplicate,
+        })
+        .collect())
+}
+
+/// One intake in one statement, so one implicit transaction: the advisory
+/// lock is held from before `nextval` until the commit.
+async fn intake_one(c: &mut Conn, r: &IntakeReq) -> Result<Intake, tokio_postgres::Error> {
+    let rows = c
+        .query(INTAKE_SQL, &[&r.delivery, &r.job_id, &r.json, &INTAKE_LOCK])
+        .await?;
+    Ok(match rows.first() {
+        Some(r) => Intake::Stored(u(r.get(0))),
+        None => Intake::Duplicate,
+    })
 }
 
 async fn migrate(
@@ -512,26 +644,25 @@ impl Store for PgStore {
             IntakeEvent::Job(ev) => i(ev.job_id),
             IntakeEvent::Start(_) => 0,
         };
-        let delivery = delivery_id.as_bytes();
-        let mut conn = self.conn().await?;
-        // Cheap path for redeliveries: no lock.
-        let seen = conn
-            .query("SELECT 1 FROM deliveries WHERE id = $1", &[&delivery])
-            .await
-            .map_err(self.err("storing an intake"))?;
-        if !seen.is_empty() {
-            return Ok(Intake::Duplicate);
-        }
-        // One statement, so one implicit transaction: the advisory lock is
-        // held from before `nextval` until the commit.
-        let rows = conn
-            .query(INTAKE_SQL, &[&delivery, &job_id, &json, &INTAKE_LOCK])
-            .await
-            .map_err(self.err("storing an intake"))?;
-        Ok(match rows.first() {
-            Some(r) => Intake::Stored(u(r.get(0))),
-            None => Intake::Duplicate,
-        })
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let stopped = || {
+            PortError::new(
+                ErrorKind::Transient,
+                format!(
+                    "postgres store {}: the intake writer stopped",
+                    self.shown.url
+                ),
+            )
+        };
+        self.intakes
+            .send(IntakeReq {
+                delivery: delivery_id.as_bytes().to_vec(),
+                job_id,
+                json,
+                reply,
+            })
+            .map_err(|_| stopped())?;
+        answer.await.map_err(|_| stopped())?
     }
 
     async fn intake_since(&self, cursor: u64, limit: usize) -> PortResult<Vec<(u64, IntakeEvent)>> {
@@ -719,9 +850,20 @@ impl PgStore {
                     return Err(TxError::Port(fence.refused(current.as_ref())));
                 }
             }
-            for p in &prepared {
-                p.execute(c).await?;
+            // Prepare (once per connection), then send every statement
+            // without waiting for each answer: the server runs them in
+            // order; the first error aborts the transaction.
+            let mut calls = Vec::new();
+            for (sql, params) in prepared.iter().flat_map(Prepared::statements) {
+                calls.push((c.stmt(sql).await?, params));
             }
+            let client = &c.client;
+            futures::future::try_join_all(
+                calls
+                    .iter()
+                    .map(|(stmt, params)| client.execute(stmt, params)),
+            )
+            .await?;
             Ok(())
         })
         .await
@@ -819,60 +961,64 @@ impl Prepared {
         })
     }
 
-    async fn execute(&self, c: &mut Conn) -> Result<(), tokio_postgres::Error> {
+    /// The statements this mutation runs, in order, with their parameters.
+    fn statements(&self) -> Vec<(&'static str, Vec<&(dyn ToSql + Sync)>)> {
         match self {
-            Prepared::Job { id, state, repo, queued_at, record } => c
-                .execute(
-                    "INSERT INTO jobs (id, state, repo, queued_at, record) VALUES ($1, $2, $3, $4, $5) \
-                     ON CONFLICT (id) DO UPDATE SET state = excluded.state, repo = excluded.repo, \
-                     queued_at = excluded.queued_at, record = excluded.record",
-                    &[id, state, repo, queued_at, record],
-                )
-                .await
-                .map(drop),
-            Prepared::Launch { id, job_id, state, pool, record } => c
-                .execute(
-                    "INSERT INTO launches (id, job_id, state, pool, record) VALUES ($1, $2, $3, $4, $5) \
-                     ON CONFLICT (id) DO UPDATE SET job_id = excluded.job_id, state = excluded.state, \
-                     pool = excluded.pool, record = excluded.record",
-                    &[id, job_id, state, pool, record],
-                )
-                .await
-                .map(drop),
-            Prepared::Instance { id, pool, state, launch_id, record } => c
-                .execute(
-                    "INSERT INTO instances (id, pool, state, launch_id, record) VALUES ($1, $2, $3, $4, $5) \
-                     ON CONFLICT (id) DO UPDATE SET pool = excluded.pool, state = excluded.state, \
-                     launch_id = excluded.launch_id, record = excluded.record",
-                    &[id, pool, state, launch_id, record],
-                )
-                .await
-                .map(drop),
-            Prepared::DropInstance(id) => c
-                .execute("DELETE FROM instances WHERE id = $1", &[id])
-                .await
-                .map(drop),
-            Prepared::DropJob(id) => {
-                c.execute("DELETE FROM jobs WHERE id = $1", &[id]).await?;
-                c.execute("DELETE FROM launches WHERE job_id = $1", &[id])
-                    .await
-                    .map(drop)
-            }
-            Prepared::Cursor(v) => c
-                .execute(
-                    "INSERT INTO meta (key, value) VALUES ('cursor', $1) \
-                     ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-                    &[v],
-                )
-                .await
-                .map(drop),
-            Prepared::Timeline { at, job_id, instance_id, what } => c
-                .execute(
-                    "INSERT INTO timeline (at, job_id, instance_id, what) VALUES ($1, $2, $3, $4)",
-                    &[at, job_id, instance_id, what],
-                )
-                .await
-                .map(drop),
+            Prepared::Job {
+                id,
+                state,
+                repo,
+                queued_at,
+                record,
+            } => vec![(
+                "INSERT INTO jobs (id, state, repo, queued_at, record) VALUES ($1, $2, $3, $4, $5) \
+                 ON CONFLICT (id) DO UPDATE SET state = excluded.state, repo = excluded.repo, \
+                 queued_at = excluded.queued_at, record = excluded.record",
+                vec![id, state, repo, queued_at, record],
+            )],
+            Prepared::Launch {
+                id,
+                job_id,
+                state,
+                pool,
+                record,
+            } => vec![(
+                "INSERT INTO launches (id, job_id, state, pool, record) VALUES ($1, $2, $3, $4, $5) \
+                 ON CONFLICT (id) DO UPDATE SET job_id = excluded.job_id, state = excluded.state, \
+                 pool = excluded.pool, record = excluded.record",
+                vec![id, job_id, state, pool, record],
+            )],
+            Prepared::Instance {
+                id,
+                pool,
+                state,
+                launch_id,
+                record,
+            } => vec![(
+                "INSERT INTO instances (id, pool, state, launch_id, record) VALUES ($1, $2, $3, $4, $5) \
+                 ON CONFLICT (id) DO UPDATE SET pool = excluded.pool, state = excluded.state, \
+                 launch_id = excluded.launch_id, record = excluded.record",
+                vec![id, pool, state, launch_id, record],
+            )],
+            Prepared::DropInstance(id) => vec![("DELETE FROM instances WHERE id = $1", vec![id])],
+            Prepared::DropJob(id) => vec![
+                ("DELETE FROM jobs WHERE id = $1", vec![id]),
+                ("DELETE FROM launches WHERE job_id = $1", vec![id]),
+            ],
+            Prepared::Cursor(v) => vec![(
+                "INSERT INTO meta (key, value) VALUES ('cursor', $1) \
+                 ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                vec![v],
+            )],
+            Prepared::Timeline {
+                at,
+                job_id,
+                instance_id,
+                what,
+            } => vec![(
+                "INSERT INTO timeline (at, job_id, instance_id, what) VALUES ($1, $2, $3, $4)",
+                vec![at, job_id, instance_id, what],
+            )],
         }
     }
 }

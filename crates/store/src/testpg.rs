@@ -87,8 +87,15 @@ fn free_port() -> std::io::Result<u16> {
 static COUNTER: AtomicU64 = AtomicU64::new(0);
 
 impl PgCluster {
-    /// initdb into a fresh temporary directory and start the server.
+    /// initdb into a fresh temporary directory and start the server, with
+    /// `fsync=off` (tests: fast, not crash-safe).
     pub fn start() -> Result<PgCluster, String> {
+        Self::start_with(false)
+    }
+
+    /// [`PgCluster::start`]; `durable`: PostgreSQL's default durability
+    /// (`fsync`, `synchronous_commit`), for measurements.
+    pub fn start_with(durable: bool) -> Result<PgCluster, String> {
         let bin = find_bin().ok_or(
             "no initdb found (set RUNFLEET_PG_BIN, or run crates/store/tests/install-postgres.sh)",
         )?;
@@ -142,9 +149,14 @@ impl PgCluster {
         let mut last = String::new();
         for _ in 0..5 {
             cluster.port = free_port().map_err(|e| format!("no free port: {e}"))?;
+            let fast = if durable {
+                ""
+            } else {
+                " -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
+            };
             let opts = format!(
-                "-p {} -c listen_addresses=127.0.0.1 -c unix_socket_directories='' -c fsync=off \
-                 -c synchronous_commit=off -c full_page_writes=off -c max_connections=200",
+                "-p {} -c listen_addresses=127.0.0.1 -c unix_socket_directories='' \
+                 -c max_connections=200{fast}",
                 cluster.port
             );
             let log = cluster.dir.join("log");

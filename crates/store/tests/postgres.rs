@@ -89,10 +89,7 @@ async fn connection_errors_are_clear_and_never_show_the_password() {
         ),
     ];
     for (url, want) in cases {
-        let err = runfleet_store::open(&url)
-            .await
-            .err()
-            .expect(&want.to_string());
+        let err = runfleet_store::open(&url).await.err().expect(want);
         let msg = err.to_string();
         assert!(msg.contains(want), "{msg}");
         assert!(msg.contains("runfleet:***@127.0.0.1"), "{msg}");
@@ -165,5 +162,69 @@ async fn foreign_and_newer_databases_are_refused() {
     assert!(
         matches!(err, StoreError::TooNew { found: 999, .. }),
         "{err:?}"
+    );
+}
+
+/// Throughput on a durable cluster (fsync and synchronous_commit on), for
+/// the crate doc: `cargo nextest run -p runfleet-store --test postgres
+/// measure_throughput --run-ignored only --no-capture`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement, not a check"]
+async fn measure_throughput() {
+    use runfleet_core::model::{JobState, JobStatus};
+    use runfleet_engine::ports::Mutation;
+    use runfleet_store::conformance::{event, instance, job, launch, timeline_event};
+    use std::time::Instant;
+    let Some(cluster) = tokio::task::spawn_blocking(|| PgCluster::start_with(true))
+        .await
+        .unwrap()
+        .ok()
+    else {
+        eprintln!("SKIPPED: no PostgreSQL");
+        return;
+    };
+    let url = cluster.create_database().await;
+    let s: Arc<dyn Store> = Arc::new(PgStore::open(&url).await.unwrap());
+    let n = 500u64;
+    let t = Instant::now();
+    for i in 0..n {
+        s.intake(&format!("seq-{i}"), &event(i, JobStatus::Queued, i))
+            .await
+            .unwrap();
+    }
+    let one = t.elapsed() / n as u32;
+    let t = Instant::now();
+    let total = 2000u64;
+    let mut tasks = tokio::task::JoinSet::new();
+    for w in 0..64u64 {
+        let s = s.clone();
+        tasks.spawn(async move {
+            let mut i = w;
+            while i < total {
+                s.intake(&format!("con-{i}"), &event(i, JobStatus::Queued, i))
+                    .await
+                    .unwrap();
+                i += 64;
+            }
+        });
+    }
+    while tasks.join_next().await.is_some() {}
+    let rate = total as f64 / t.elapsed().as_secs_f64();
+    let batch: Vec<Mutation> = (0..100u64)
+        .map(|i| match i % 4 {
+            0 => Mutation::PutJob(job(i, JobState::Queued)),
+            1 => Mutation::PutLaunch(launch(&format!("l-{i}"), Some(i))),
+            2 => Mutation::PutInstance(instance(&format!("i-{i}"), None)),
+            _ => Mutation::Timeline(timeline_event(i, Some(i), "x")),
+        })
+        .collect();
+    let t = Instant::now();
+    for _ in 0..20 {
+        s.apply(&batch).await.unwrap();
+    }
+    let apply = t.elapsed() / 20;
+    eprintln!(
+        "postgres (durable, loopback): one intake at a time {one:?}; \
+         64 concurrent intakes {rate:.0}/s; 100-mutation apply {apply:?}"
     );
 }
