@@ -276,3 +276,72 @@ impl Store for LeasedStore {
         self.inner.apply_fenced(fence, batch).await
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::memstore::MemStore;
+
+    #[tokio::test]
+    async fn only_the_holder_writes_and_a_stopped_keeper_hands_over_at_once() {
+        let store: Arc<dyn Store> = Arc::new(MemStore::new());
+        let ttl = Duration::from_secs(60);
+        let a = Lease::new(store.clone(), "a", ttl);
+        let b = Lease::new(store.clone(), "b", ttl);
+        let sa = LeasedStore::new(store.clone(), a.clone());
+        let sb = LeasedStore::new(store.clone(), b.clone());
+        // Nobody leads yet: writes are refused, intake is not.
+        assert!(
+            sa.apply(&[Mutation::Cursor(1)])
+                .await
+                .unwrap_err()
+                .is_fenced()
+        );
+        assert_eq!(a.renew().await.unwrap(), Some(1));
+        assert_eq!(b.renew().await.unwrap(), None);
+        assert_eq!(a.view().epoch, Some(1));
+        assert_eq!(b.view().holder.as_deref(), Some("a"));
+        assert!(!b.view().leader);
+        sa.apply(&[Mutation::Cursor(2)]).await.unwrap();
+        assert!(
+            sb.apply(&[Mutation::Cursor(3)])
+                .await
+                .unwrap_err()
+                .is_fenced()
+        );
+        assert_eq!(store.load().await.unwrap().cursor, 2);
+
+        // a's keeper stops (shutdown): the lease is released, b takes it
+        // without waiting 60 s, and a's late writes are refused.
+        let (stop, rx) = watch::channel(false);
+        let keeper = tokio::spawn(a.clone().keep(rx));
+        stop.send(true).unwrap();
+        keeper.await.unwrap();
+        assert_eq!(a.leading(), None);
+        assert_eq!(b.renew().await.unwrap(), Some(2));
+        let stale = Fence {
+            holder: "a".into(),
+            epoch: 1,
+        };
+        assert!(
+            store
+                .apply_fenced(&stale, &[Mutation::Cursor(9)])
+                .await
+                .unwrap_err()
+                .is_fenced()
+        );
+        sb.apply(&[Mutation::Cursor(4)]).await.unwrap();
+        assert_eq!(store.load().await.unwrap().cursor, 4);
+    }
+
+    #[tokio::test]
+    async fn a_lease_not_renewed_within_its_ttl_stops_counting() {
+        let store: Arc<dyn Store> = Arc::new(MemStore::new());
+        let a = Lease::new(store, "a", Duration::from_millis(30));
+        assert_eq!(a.renew().await.unwrap(), Some(1));
+        assert_eq!(a.leading(), Some(1));
+        tokio::time::sleep(Duration::from_millis(40)).await;
+        assert_eq!(a.leading(), None, "acting on a lease older than its ttl");
+        assert!(a.fence().is_none());
+    }
+}
