@@ -121,6 +121,7 @@ async fn drive_replica(
     let (stop_keeper, keeper_stop) = watch::channel(false);
     let keeper = tokio::spawn(lease.clone().keep(keeper_stop));
     let mut changes = lease.subscribe();
+    let store = engine.store().clone();
     let mut next_reconcile = 0;
     // The epoch whose state the engine holds and acts on.
     let mut acting: Option<u64> = None;
@@ -186,6 +187,8 @@ async fn drive_replica(
             _ = tokio::time::sleep(TICK) => {}
             _ = shutdown.changed() => {}
             _ = changes.changed() => {}
+            // A webhook stored by another replica: the leader steps now.
+            _ = store.intake_stored_elsewhere() => {}
         }
     }
     let _ = stop_keeper.send(true);

@@ -275,6 +275,9 @@ impl Store for LeasedStore {
     async fn apply_fenced(&self, fence: &Fence, batch: &[Mutation]) -> PortResult<()> {
         self.inner.apply_fenced(fence, batch).await
     }
+    async fn intake_stored_elsewhere(&self) {
+        self.inner.intake_stored_elsewhere().await
+    }
 }
 
 #[cfg(test)]

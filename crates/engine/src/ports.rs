@@ -277,6 +277,14 @@ pub trait Store: Send + Sync {
     /// Recent timeline entries, newest last.
     async fn timeline(&self, job_id: Option<u64>, limit: usize) -> PortResult<Vec<TimelineEvent>>;
 
+    /// Resolves when intake may have been stored through another handle on
+    /// this store (another replica): the leader then steps at once instead
+    /// of at its next tick. The default never resolves: a lone process is
+    /// woken by its own intake. Spurious wake-ups are allowed.
+    async fn intake_stored_elsewhere(&self) {
+        std::future::pending::<()>().await
+    }
+
     /// Takes or renews the leadership lease for `holder` until `now_ms +
     /// ttl_ms` and answers its epoch; `None` while another holder's lease
     /// has not expired (`expires_at > now_ms`). A renewal by the same holder

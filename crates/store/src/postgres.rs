@@ -92,7 +92,16 @@ pub struct PgStore {
     slots: Semaphore,
     /// The intake writer task (group commit); closed when the store drops.
     intakes: tokio::sync::mpsc::UnboundedSender<IntakeReq>,
+    /// Woken by the listener task on every `NOTIFY` of [`INTAKE_CHANNEL`].
+    notified: Arc<tokio::sync::Notify>,
+    /// Dropped with the store: stops the listener task.
+    _listener: tokio::sync::oneshot::Sender<()>,
 }
+
+/// The `LISTEN`/`NOTIFY` channel on which every intake commit is announced,
+/// so that the leader replica steps at once for a webhook another replica
+/// stored.
+pub const INTAKE_CHANNEL: &str = "runfleet_intake";
 
 /// One intake waiting for the writer task.
 struct IntakeReq {
@@ -309,12 +318,22 @@ impl PgStore {
         });
         let (intakes, queue) = tokio::sync::mpsc::unbounded_channel();
         tokio::spawn(intake_writer(config.clone(), shown.clone(), queue));
+        let notified = Arc::new(tokio::sync::Notify::new());
+        let (listener, stop) = tokio::sync::oneshot::channel();
+        tokio::spawn(intake_listener(
+            config.clone(),
+            shown.clone(),
+            notified.clone(),
+            stop,
+        ));
         let store = PgStore {
             shown,
             config,
             idle: Mutex::new(Vec::new()),
             slots: Semaphore::new(MAX_CONNECTIONS),
             intakes,
+            notified,
+            _listener: listener,
         };
         {
             let mut conn = store.conn().await.map_err(|e| fail(e.message))?;
@@ -459,11 +478,8 @@ async fn intake_writer(
             }
         }
         let c = conn.as_mut().expect("connected");
-        let outcome = if group.len() == 1 {
-            Err(None)
-        } else {
-            intake_group(c, &group).await.map_err(Some)
-        };
+        // Even a group of one: one commit for the intake and its NOTIFY.
+        let outcome = intake_group(c, &group).await.map_err(Some);
         match outcome {
             Ok(results) => {
                 for (r, result) in group.into_iter().zip(results) {
@@ -497,6 +513,54 @@ async fn intake_writer(
     }
 }
 
+/// Listens on [`INTAKE_CHANNEL`] on a connection of its own (reconnecting
+/// after a second when it breaks) and wakes `notified` on each notification,
+/// until `stop` resolves (the store was dropped).
+async fn intake_listener(
+    config: tokio_postgres::Config,
+    shown: Arc<Shown>,
+    notified: Arc<tokio::sync::Notify>,
+    mut stop: tokio::sync::oneshot::Receiver<()>,
+) {
+    use futures::StreamExt;
+    loop {
+        let connected = tokio::select! {
+            _ = &mut stop => return,
+            c = config.connect(NoTls) => c,
+        };
+        match connected {
+            Err(e) => {
+                tracing::debug!(store = %shown.url, error = %shown.scrub(describe(&e)), "intake listener cannot connect");
+            }
+            Ok((client, mut connection)) => {
+                let mut messages = futures::stream::poll_fn(move |cx| connection.poll_message(cx));
+                let listen = client.batch_execute("LISTEN runfleet_intake");
+                tokio::pin!(listen);
+                let mut listening = false;
+                loop {
+                    tokio::select! {
+                        _ = &mut stop => return,
+                        r = &mut listen, if !listening => match r {
+                            Ok(()) => listening = true,
+                            Err(_) => break,
+                        },
+                        m = messages.next() => match m {
+                            Some(Ok(tokio_postgres::AsyncMessage::Notification(_))) => notified.notify_one(),
+                            Some(Ok(_)) => {}
+                            Some(Err(_)) | None => break,
+                        },
+                    }
+                }
+                tracing::debug!(store = %shown.url, "intake listener connection ended");
+            }
+        }
+        tokio::select! {
+            _ = &mut stop => return,
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+    }
+}
+
 const INTAKE_GROUP_SQL: &str = "WITH d AS (INSERT INTO deliveries (id, seq) \
      VALUES ($1, nextval('intake_seq')) ON CONFLICT (id) DO NOTHING RETURNING seq) \
      INSERT INTO intake (seq, job_id, event) SELECT seq, $2, $3 FROM d RETURNING seq";
@@ -518,7 +582,10 @@ async fn intake_group(
             .await
     }))
     .await?;
-    c.client.batch_execute("COMMIT").await?;
+    // Delivered to listeners at commit (the leader steps at once).
+    c.client
+        .batch_execute("NOTIFY runfleet_intake; COMMIT")
+        .await?;
     Ok(rows
         .iter()
         .map(|rows| match rows.first() {
@@ -534,6 +601,10 @@ async fn intake_one(c: &mut Conn, r: &IntakeReq) -> Result<Intake, tokio_postgre
     let rows = c
         .query(INTAKE_SQL, &[&r.delivery, &r.job_id, &r.json, &INTAKE_LOCK])
         .await?;
+    if !rows.is_empty() {
+        // Best effort: the intake is committed whatever this answers.
+        let _ = c.client.batch_execute("NOTIFY runfleet_intake").await;
+    }
     Ok(match rows.first() {
         Some(r) => Intake::Stored(u(r.get(0))),
         None => Intake::Duplicate,
@@ -742,6 +813,10 @@ impl Store for PgStore {
 
     async fn apply(&self, batch: &[Mutation]) -> PortResult<()> {
         self.write(None, batch).await
+    }
+
+    async fn intake_stored_elsewhere(&self) {
+        self.notified.notified().await
     }
 
     async fn timeline(&self, job_id: Option<u64>, limit: usize) -> PortResult<Vec<TimelineEvent>> {

@@ -165,6 +165,36 @@ async fn foreign_and_newer_databases_are_refused() {
     );
 }
 
+/// An intake through one handle (replica) wakes a waiter on another, so
+/// the leader steps at once for a webhook a follower stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_intake_elsewhere_wakes_the_other_replicas() {
+    use runfleet_core::model::JobStatus;
+    use runfleet_store::conformance::event;
+    let Some(db) = PgDb::fresh().await else {
+        return;
+    };
+    let leader = db.open().await;
+    let follower = db.open().await;
+    let waiting = {
+        let leader = leader.clone();
+        tokio::spawn(async move { leader.intake_stored_elsewhere().await })
+    };
+    // The listener connects in the background; intakes until one wakes it.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let mut n = 0;
+    while !waiting.is_finished() {
+        assert!(std::time::Instant::now() < deadline, "no wake-up");
+        follower
+            .intake(&format!("wake-{n}"), &event(n, JobStatus::Queued, n))
+            .await
+            .unwrap();
+        n += 1;
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    waiting.await.unwrap();
+}
+
 /// Throughput on a durable cluster (fsync and synchronous_commit on), for
 /// the crate doc: `cargo nextest run -p runfleet-store --test postgres
 /// measure_throughput --run-ignored only --no-capture`.
