@@ -235,10 +235,15 @@ impl Conn {
     }
 }
 
-/// A connection taken from the pool; goes back on drop unless it broke.
+/// A connection taken from the pool; goes back on drop unless it broke or
+/// a transaction on it was left open (its caller was cancelled between
+/// `BEGIN` and `COMMIT`): such a connection is closed, which rolls the
+/// transaction back, so no later caller's `COMMIT` commits it and no lock
+/// it took (the lease row's) outlives it.
 struct Pooled<'a> {
     store: &'a PgStore,
     conn: Option<Conn>,
+    in_transaction: bool,
     _slot: tokio::sync::SemaphorePermit<'a>,
 }
 
@@ -259,6 +264,7 @@ impl Drop for Pooled<'_> {
     fn drop(&mut self) {
         if let Some(conn) = self.conn.take()
             && !conn.client.is_closed()
+            && !self.in_transaction
         {
             self.store
                 .idle
@@ -373,6 +379,7 @@ impl PgStore {
         Ok(Pooled {
             store: self,
             conn: Some(conn),
+            in_transaction: false,
             _slot: slot,
         })
     }
@@ -391,6 +398,7 @@ impl PgStore {
         body: impl AsyncFnOnce(&mut Conn) -> Result<T, TxError>,
     ) -> PortResult<T> {
         let mut conn = self.conn().await?;
+        conn.in_transaction = true;
         conn.client
             .batch_execute(begin)
             .await
@@ -402,12 +410,12 @@ impl PgStore {
                     .batch_execute("COMMIT")
                     .await
                     .map_err(self.err(&format!("{doing} (commit)")))?;
+                conn.in_transaction = false;
                 Ok(v)
             }
             Err(e) => {
-                if conn.client.batch_execute("ROLLBACK").await.is_err() {
-                    // Unknown state: do not give the connection back.
-                    conn.conn.take();
+                if conn.client.batch_execute("ROLLBACK").await.is_ok() {
+                    conn.in_transaction = false;
                 }
                 Err(match e {
                     TxError::Db(e) => self.shown.error(doing, &e),

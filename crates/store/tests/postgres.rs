@@ -195,6 +195,87 @@ async fn an_intake_elsewhere_wakes_the_other_replicas() {
     waiting.await.unwrap();
 }
 
+/// A caller cancelled in the middle of `apply` (its future dropped, as when
+/// an HTTP request times out) leaves nothing half-done behind for the next
+/// caller: each batch is in the store whole or not at all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_apply_is_never_committed_in_part() {
+    use runfleet_core::model::JobState;
+    use runfleet_engine::ports::Mutation;
+    use runfleet_store::conformance::job;
+    let Some(db) = PgDb::fresh().await else {
+        return;
+    };
+    let s = db.open().await;
+    for round in 0..30u64 {
+        let base = 1_000 * (round + 1);
+        let batch: Vec<Mutation> = (0..200)
+            .map(|n| Mutation::PutJob(job(base + n, JobState::Queued)))
+            .collect();
+        let budget = std::time::Duration::from_micros(200 * (round % 15));
+        let _ = tokio::time::timeout(budget, s.apply(&batch)).await;
+        // The next caller's batch commits on its own.
+        s.apply(&[Mutation::PutJob(job(round, JobState::Queued))])
+            .await
+            .unwrap();
+        let snap = s.load().await.unwrap();
+        let of_batch = snap
+            .jobs
+            .iter()
+            .filter(|j| (base..base + 200).contains(&j.id))
+            .count();
+        assert!(
+            of_batch == 0 || of_batch == 200,
+            "round {round}: {of_batch} of 200 jobs of a cancelled batch are stored"
+        );
+        assert!(snap.jobs.iter().any(|j| j.id == round));
+    }
+}
+
+/// A leader cancelled inside a fenced `apply` (after its transaction locked
+/// the lease row) must not leave that transaction open on a pooled
+/// connection: another replica could then never take the lease.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_fenced_apply_does_not_hold_the_lease_row() {
+    use runfleet_engine::ports::{Fence, Mutation};
+    use runfleet_store::conformance::timeline_event;
+    use std::time::Duration;
+    let Some(db) = PgDb::fresh().await else {
+        return;
+    };
+    let leader = db.open().await;
+    let other = db.open().await;
+    // A timeline entry that takes the server half a second to insert.
+    db.cluster
+        .sql(
+            &db.url,
+            "CREATE FUNCTION slow() RETURNS trigger LANGUAGE plpgsql AS $$ \
+             BEGIN IF NEW.what = convert_to('slow', 'UTF8') THEN PERFORM pg_sleep(0.5); END IF; \
+             RETURN NEW; END $$; \
+             CREATE TRIGGER slow BEFORE INSERT ON timeline FOR EACH ROW EXECUTE FUNCTION slow();",
+        )
+        .await;
+    assert_eq!(leader.try_lease("a", 1_000, 10_000).await.unwrap(), Some(1));
+    let fence = Fence {
+        holder: "a".into(),
+        epoch: 1,
+    };
+    let slow = [Mutation::Timeline(timeline_event(1, None, "slow"))];
+    let cancelled = tokio::time::timeout(
+        Duration::from_millis(150),
+        leader.apply_fenced(&fence, &slow),
+    )
+    .await;
+    assert!(cancelled.is_err(), "the slow apply finished in 150 ms");
+    // The lease expired at 11,000: another replica takes it promptly.
+    let took = tokio::time::timeout(Duration::from_secs(5), other.try_lease("b", 1_000, 20_000))
+        .await
+        .expect("try_lease blocked behind a cancelled transaction");
+    assert_eq!(took.unwrap(), Some(2));
+    // And the leader's pool still works (for reads and intake).
+    leader.load().await.unwrap();
+}
+
 /// Throughput on a durable cluster (fsync and synchronous_commit on), for
 /// the crate doc: `cargo nextest run -p runfleet-store --test postgres
 /// measure_throughput --run-ignored only --no-capture`.
