@@ -404,11 +404,28 @@ async fn the_leader_killed_mid_burst_loses_no_job_and_launches_none_twice() {
         assert_eq!(ids.len(), 1, "launch {launch} has instances {ids:?}");
     }
 
-    // A follower's status view, refreshed from the store, shows every
-    // instance and names the new leader.
+    // One more job, announced to a follower: the leader hears of it through
+    // the store's notification, not at its next tick.
     let follower = (0..3)
         .find(|i| *i != new_leader && replicas[*i].is_some())
         .unwrap();
+    let url = &replicas[follower].as_ref().unwrap().url;
+    e.fake.set_webhook(&format!("{url}/webhook"), SECRET);
+    let sent = Instant::now();
+    let late = e.fake.queue_job("acme/app", LINUX, true).await.job_id;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !e.instances_by_job().await.contains_key(&late) {
+        assert!(Instant::now() < deadline, "no instance for job {late}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    eprintln!(
+        "webhook to a follower -> instance launched by the leader: {:?}",
+        sent.elapsed()
+    );
+    jobs.push(late);
+
+    // A follower's status view, refreshed from the store, shows every
+    // instance and names the new leader.
     let f = replicas[follower].as_ref().unwrap();
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
