@@ -49,7 +49,7 @@ impl Default for Waker {
 pub const TICK: Duration = Duration::from_secs(1);
 
 /// A follower reloads its state from the store this often (status page).
-pub const FOLLOWER_REFRESH: Duration = Duration::from_secs(5);
+pub const FOLLOWER_REFRESH: Duration = Duration::from_secs(2);
 
 /// Drives the engine until `shutdown` turns true; the step under way is
 /// finished first. `publish` sees the engine after every step (status page,
