@@ -294,6 +294,7 @@ impl Engine {
     pub async fn reload(&mut self) -> PortResult<()> {
         let snap = self.store.load().await?;
         self.health.store_reached = true;
+        self.health.store_error = None;
         self.obs = observed_from(snap.jobs, snap.launches, snap.instances);
         self.cursor = snap.cursor;
         Ok(())
