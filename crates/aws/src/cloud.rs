@@ -17,7 +17,7 @@ use base64::Engine as _;
 use runfleet_core::config::{AwsConfig, CapacityMarket, Config, Secret};
 use runfleet_core::model::{ErrorKind, InstanceState, Millis, Offering};
 use runfleet_engine::ports::{
-    Cloud, CloudInstance, LaunchOutcome, LaunchRequest, Launched, PortError, PortResult,
+    Cloud, CloudEvent, CloudInstance, LaunchOutcome, LaunchRequest, Launched, PortError, PortResult,
 };
 use tracing::{debug, info, warn};
 
@@ -106,6 +106,8 @@ pub struct AwsCloud {
     launched: Mutex<(HashMap<String, Launched>, Vec<String>)>,
     /// Launch tokens whose last RunInstances has an unknown outcome.
     uncertain: Mutex<HashSet<String>>,
+    /// The EC2 event queue (`aws.events_queue`), when there is one.
+    events: Option<crate::events::EventQueue>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -126,7 +128,15 @@ impl AwsCloud {
             owners: Mutex::new(HashMap::new()),
             launched: Mutex::new((HashMap::new(), Vec::new())),
             uncertain: Mutex::new(HashSet::new()),
+            events: None,
         }
+    }
+
+    /// Reads EC2 events from the SQS queue at `url` (base credentials) for
+    /// [`Cloud::poll_events`]; see [`crate::events`].
+    pub fn with_events_queue(mut self, sdk: &SdkConfig, url: &str) -> AwsCloud {
+        self.events = Some(crate::events::EventQueue::new(sdk, url));
+        self
     }
 
     /// The SDK config from the standard AWS chain (environment, profiles,
@@ -149,7 +159,11 @@ impl AwsCloud {
 
     /// [`AwsCloud::from_config`] on a given SDK config.
     pub fn for_config(cfg: &Config, sdk: SdkConfig, opts: AwsOptions) -> AwsCloud {
-        let cloud = AwsCloud::new(sdk, opts);
+        let queue = cfg.aws.events_queue.as_deref();
+        let cloud = match queue {
+            Some(url) => AwsCloud::new(sdk.clone(), opts).with_events_queue(&sdk, url),
+            None => AwsCloud::new(sdk, opts),
+        };
         let keys = config_roles(cfg);
         *lock(&cloud.known) = keys.into_iter().collect();
         cloud
@@ -797,6 +811,31 @@ impl Cloud for AwsCloud {
     }
     async fn list_jit(&self, fleet: &str) -> PortResult<Vec<String>> {
         self.list_jit_impl(fleet).await
+    }
+    async fn poll_events(&self) -> PortResult<Vec<CloudEvent>> {
+        let Some(q) = &self.events else {
+            return Ok(Vec::new());
+        };
+        let received = q.receive().await;
+        // Requests are counted whether or not the answer was good.
+        match &received {
+            Ok(r) => r.requests.iter().for_each(|op| self.count(op)),
+            Err(_) => self.count("sqs:ReceiveMessage"),
+        }
+        Ok(received?.events)
+    }
+    async fn ack_events(&self, acks: &[String]) -> PortResult<()> {
+        let Some(q) = &self.events else {
+            return Ok(());
+        };
+        if acks.is_empty() {
+            return Ok(());
+        }
+        let result = q.delete(acks).await;
+        for _ in 0..acks.len().div_ceil(10) {
+            self.count("sqs:DeleteMessageBatch");
+        }
+        result.map(|_| ())
     }
 }
 

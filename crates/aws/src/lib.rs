@@ -1,5 +1,5 @@
 //! runfleet's AWS side: the engine's [`Cloud`](runfleet_engine::ports::Cloud)
-//! on EC2, SSM and STS through the official AWS SDK for Rust, and the library
+//! on EC2, SSM, STS and SQS through the official AWS SDK for Rust, and the library
 //! part of `runfleet check`.
 //!
 //! # Owns
@@ -31,6 +31,11 @@
 //!   lists and cleans every account the config's pools launch in.
 //! - **Observe and clean**: instances by `tag:runfleet:fleet`, all pages;
 //!   termination in batches after an ownership look-up.
+//! - **Events** ([`events`]): EC2 spot interruption warnings, rebalance
+//!   recommendations and state changes from the SQS queue an EventBridge
+//!   rule feeds (`aws.events_queue`), as `Cloud::poll_events`; messages are
+//!   deleted (`Cloud::ack_events`) only once the engine stored their effect;
+//!   unreadable ones are logged and left for the queue's dead-letter queue.
 //! - **Check** ([`check()`]): EC2 `DryRun` of every call the config needs,
 //!   launch template and subnets readable, an SSM canary written and
 //!   deleted, STS caller identity and each role assumed; [`render_table`].
@@ -52,7 +57,9 @@
 //! [`AwsCloud`] (constructors [`AwsCloud::new`] on an explicit
 //! `aws_config::SdkConfig`, [`AwsCloud::from_config`] on the standard
 //! credential chain), [`AwsOptions`], [`check()`], [`check_with`],
-//! [`CheckRow`], [`render_table`], and the pure helpers the tests and the
+//! [`CheckRow`], [`render_table`], the event consumer
+//! ([`events::EventQueue`], [`AwsCloud::with_events_queue`], [`events::parse_message`]),
+//! and the pure helpers the tests and the
 //! CLI may use ([`offering_token`], [`jit_parameter`], [`error::classify`]).
 //!
 //! # RunInstances, not CreateFleet
@@ -91,6 +98,7 @@
 pub mod check;
 pub mod cloud;
 pub mod error;
+pub mod events;
 pub mod pacing;
 pub mod session;
 
@@ -103,7 +111,7 @@ pub use check::{CheckRow, check, check_with, render_table};
 /// a body.
 pub const LOG_CAPS: &str = "aws_smithy_runtime=debug,aws_smithy_runtime_api=debug,\
 aws_smithy_http=debug,aws_smithy_http_client=debug,aws_sdk_ec2=debug,aws_sdk_ssm=debug,\
-aws_sdk_sts=debug,aws_config=debug,hyper=info,hyper_util=info,h2=info,rustls=info";
+aws_sdk_sts=debug,aws_sdk_sqs=debug,aws_config=debug,hyper=info,hyper_util=info,h2=info,rustls=info";
 pub use cloud::{AwsCloud, AwsOptions, jit_parameter, offering_token};
 pub use pacing::{Api, BucketShape, Pacing, RetryPolicy};
 pub use session::RoleKey;

@@ -1,14 +1,16 @@
 //! The `runfleet` binary: parses the command line, builds the pieces, calls
 //! them. Thin by design: behaviour lives in the library crates.
 //!
-//! **Never**: decides what to launch or terminate (the planner does), prints
-//! a secret, or writes anything but machine-readable output to stdout.
+//! **Never**: decides what to launch or terminate (the planner does; the one
+//! exception is `launch` ending its own run when its `--timeout` passes or
+//! it is interrupted), prints a secret, or writes anything but
+//! machine-readable output to stdout.
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 use runfleet_core::config::{Config, SecretSource, parse};
 
@@ -61,27 +63,49 @@ enum Command {
     Serve,
     /// Launch one ephemeral runner now (the broker step).
     Launch {
+        /// Pool to launch in.
         #[arg(long)]
         pool: String,
+        /// Repository (OWNER/NAME) the runner registers with.
         #[arg(long)]
         repo: String,
+        /// `Name` tag of the instance (default `runfleet-<pool>`).
         #[arg(long)]
         name: Option<String>,
+        /// Return only once the runner is online.
         #[arg(long)]
         wait: bool,
+        /// Give up (and clean up) after this long, e.g. "5m" (default: server.boot_timeout).
         #[arg(long)]
         timeout: Option<String>,
     },
     /// Ask a remote `runfleet serve` for a runner (POST /v1/start).
     Start {
+        /// Base URL of the runfleet server, e.g. https://runfleet.example.com.
         #[arg(long)]
         url: String,
+        /// Repository (OWNER/NAME) the runner is for.
         #[arg(long)]
         repo: String,
+        /// Pool to launch in (default: the server's choice).
         #[arg(long)]
         pool: Option<String>,
+        /// `Name` tag of the instance, when the server accepts one.
+        #[arg(long)]
+        name: Option<String>,
+        /// Return only once the runner is online.
         #[arg(long)]
         wait: bool,
+        /// Stop waiting after this long, e.g. "5m" (default "10m").
+        #[arg(long)]
+        timeout: Option<String>,
+        /// Audience of the GitHub Actions OIDC token.
+        #[arg(long, default_value = "runfleet")]
+        audience: String,
+        /// Authenticate with the GitHub token in this environment variable
+        /// (token-and-HMAC scheme) instead of an OIDC token.
+        #[arg(long, value_name = "NAME")]
+        github_token_env: Option<String>,
     },
     /// Verify config, GitHub credentials and every AWS permission the config needs.
     Check,
@@ -134,16 +158,22 @@ fn init_logs(format: Option<LogFormat>, default_filter: &str) {
         None => !std::io::stderr().is_terminal(),
     };
     // The SDK's wire-level TRACE lines can hold request and response bodies:
-    // they are capped whatever RUNFLEET_LOG asks for.
+    // they are capped whatever RUNFLEET_LOG asks for. The caps are directives
+    // at DEBUG, so they are added only when something asks for TRACE: added
+    // to a quieter filter they would turn the SDK's DEBUG lines on.
     let wanted = std::env::var("RUNFLEET_LOG").unwrap_or_else(|_| default_filter.to_string());
-    let filter =
-        tracing_subscriber::EnvFilter::try_new(format!("{wanted},{}", runfleet_aws::LOG_CAPS))
-            .unwrap_or_else(|_| {
-                tracing_subscriber::EnvFilter::new(format!(
-                    "{default_filter},{}",
-                    runfleet_aws::LOG_CAPS
-                ))
-            });
+    let with_caps = |f: &str| {
+        let asks_trace = f.to_ascii_lowercase().contains("trace")
+            || f.split(',')
+                .any(|d| d.rsplit('=').next().map(str::trim) == Some("5"));
+        if asks_trace {
+            format!("{f},{}", runfleet_aws::LOG_CAPS)
+        } else {
+            f.to_string()
+        }
+    };
+    let filter = tracing_subscriber::EnvFilter::try_new(with_caps(&wanted))
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(with_caps(default_filter)));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
@@ -155,18 +185,22 @@ fn init_logs(format: Option<LogFormat>, default_filter: &str) {
 }
 
 mod demo;
+mod launch;
 mod ops;
+mod progress;
 mod serve;
+mod start;
 mod status;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     // The demo's simulated faults would flood the terminal with warnings
     // that are the point of the exercise, not news: errors only there.
-    let default_filter = if matches!(cli.command, Command::Demo { .. }) {
-        "error"
-    } else {
-        "info"
+    // `launch` and `start` show their own progress on stderr: warnings only.
+    let default_filter = match cli.command {
+        Command::Demo { .. } => "error",
+        Command::Launch { .. } | Command::Start { .. } => "warn",
+        _ => "info",
     };
     init_logs(cli.log_format, default_filter);
     match run(cli) {
@@ -205,18 +239,43 @@ fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Serve => serve::run(load_config(&cli.config)?),
-        Command::Launch { .. } => not_built("launch", 7),
-        Command::Start { .. } => not_built("start", 7),
+        Command::Launch {
+            pool,
+            repo,
+            name,
+            wait,
+            timeout,
+        } => launch::run(
+            load_config(&cli.config)?,
+            launch::LaunchArgs {
+                pool,
+                repo,
+                name,
+                wait,
+                timeout,
+            },
+        ),
+        Command::Start {
+            url,
+            repo,
+            pool,
+            name,
+            wait,
+            timeout,
+            audience,
+            github_token_env,
+        } => start::run(start::StartArgs {
+            url,
+            repo,
+            pool,
+            name,
+            wait,
+            timeout,
+            audience,
+            github_token_env,
+        }),
         Command::Check => ops::check(load_config(&cli.config)?),
         Command::Reap { dry_run } => ops::reap(load_config(&cli.config)?, dry_run),
         Command::Status { json } => status::run(load_config(&cli.config)?, json),
     }
-}
-
-/// Commands promised by INTERFACE.md whose adapters are not built yet say
-/// so plainly instead of pretending.
-fn not_built(cmd: &str, issue: u32) -> Result<ExitCode> {
-    bail!(
-        "`runfleet {cmd}` is not built yet (tracked in issue {issue}); `runfleet demo` runs the controller against the simulator"
-    )
 }

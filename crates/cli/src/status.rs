@@ -13,6 +13,16 @@ pub fn run(cfg: Config, as_json: bool) -> Result<ExitCode> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
+    // A status query must not create an empty store where none was: say so.
+    if let Ok(runfleet_store::StoreUrl::SqliteFile(path)) =
+        runfleet_store::StoreUrl::parse(&cfg.server.store)
+        && !path.exists()
+    {
+        return Err(anyhow!(
+            "server.store: no store at {} (has `runfleet serve` run with this config, in this directory?)",
+            path.display()
+        ));
+    }
     let snap = rt.block_on(async {
         let store = runfleet_store::open(&cfg.server.store)
             .await

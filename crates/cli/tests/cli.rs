@@ -178,3 +178,19 @@ fn missing_config_file_is_a_clear_error() {
         stderr(&o)
     );
 }
+
+#[test]
+fn status_without_a_store_says_so_and_creates_none() {
+    let db = std::env::temp_dir().join(format!("runfleet-cli-{}-missing.db", std::process::id()));
+    let _ = std::fs::remove_file(&db);
+    let text = GOOD.replace(
+        "[github]",
+        &format!("[server]\nstore = \"sqlite://{}\"\n[github]", db.display()),
+    );
+    let p = write("status-missing.toml", &text);
+    let o = runfleet(&["status", "--config", p.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    let e = stderr(&o);
+    assert!(e.contains("no store at") && e.contains("missing.db"), "{e}");
+    assert!(!db.exists(), "status created a store");
+}

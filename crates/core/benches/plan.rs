@@ -27,6 +27,7 @@ fn config() -> Config {
         setup_script: None,
         role_arn: None,
         external_id: None,
+        rerun_interrupted: true,
     };
     Config {
         fleet: "bench".into(),
@@ -52,6 +53,7 @@ fn config() -> Config {
             region: None,
             role_arn: None,
             external_id: None,
+            events_queue: None,
         },
         pools: vec![
             pool("x64", &["self-hosted", "linux", "x64"]),
@@ -104,6 +106,8 @@ fn observed(jobs: u64, instances: u64) -> Observed {
                 job_done_at: None,
                 terminate_requested_at: None,
                 terminate_reason: None,
+                offering: None,
+                interruption: None,
             },
         );
     }

@@ -163,6 +163,10 @@ pub struct AwsConfig {
     pub region: Option<String>,
     pub role_arn: Option<String>,
     pub external_id: Option<Secret>,
+    /// `events_queue`: URL of the SQS queue an EventBridge rule feeds with
+    /// EC2 spot interruption warnings, rebalance recommendations and
+    /// instance state changes; `None`: no events, reconciliation only.
+    pub events_queue: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -186,6 +190,9 @@ pub struct PoolConfig {
     pub setup_script: Option<String>,
     pub role_arn: Option<String>,
     pub external_id: Option<Secret>,
+    /// `rerun_interrupted` (default true): a job that failed because EC2
+    /// reclaimed its spot instance under it is re-run once.
+    pub rerun_interrupted: bool,
 }
 
 impl Config {
@@ -508,6 +515,7 @@ struct RawAws {
     region: Option<RawStr>,
     role_arn: Option<RawStr>,
     external_id: Option<RawStr>,
+    events_queue: Option<RawStr>,
 }
 
 #[derive(Deserialize)]
@@ -531,6 +539,7 @@ struct RawPool {
     setup_script: Option<RawStr>,
     role_arn: Option<RawStr>,
     external_id: Option<RawStr>,
+    rerun_interrupted: Option<Spanned<RawBool>>,
 }
 
 /// An integer, or a string (which must be `env:`/`file:` to be accepted).
@@ -608,7 +617,8 @@ impl<'de> Deserialize<'de> for RawBool {
 /// false; per pool `subnets` [] (the launch template's), `market`
 /// "on-demand" (never a spot interruption unless asked for), `os` "linux",
 /// `arch` "x64", `max_runners` 10, `warm` 0, `runner_scope` "repo",
-/// `runner_group_id` 1, `max_lifetime` 6h.
+/// `runner_group_id` 1, `max_lifetime` 6h, `rerun_interrupted` true;
+/// `aws.events_queue` none.
 pub fn parse(text: &str, secrets: &dyn SecretSource) -> Result<Config, ConfigError> {
     let de = toml::de::Deserializer::parse(text).map_err(|e| syntax_error(text, &e))?;
     let raw = RawConfig::deserialize(de).map_err(|e| serde_error(text, &e))?;
@@ -1384,6 +1394,7 @@ impl Cx<'_> {
                 region: None,
                 role_arn: None,
                 external_id: None,
+                events_queue: None,
             });
         };
         let r = raw.get_ref();
@@ -1393,10 +1404,15 @@ impl Cx<'_> {
         }
         let (role_arn, external_id) =
             self.role("aws", r.role_arn.as_ref(), r.external_id.as_ref())?;
+        let events_queue = self.opt_string("aws.events_queue", r.events_queue.as_ref())?;
+        if let Some(url) = &events_queue {
+            self.checked("aws.events_queue", url, check_queue_url)?;
+        }
         Ok(AwsConfig {
             region: region.map(|r| r.v),
             role_arn,
             external_id,
+            events_queue: events_queue.map(|u| u.v),
         })
     }
 
@@ -1588,6 +1604,9 @@ impl Cx<'_> {
             r.role_arn.as_ref(),
             r.external_id.as_ref(),
         )?;
+        let rerun_interrupted = self
+            .bool(&key("rerun_interrupted"), r.rerun_interrupted.as_ref())?
+            .is_none_or(|b| b.v);
 
         Ok(PoolConfig {
             name: name.v,
@@ -1608,6 +1627,7 @@ impl Cx<'_> {
             setup_script: setup_script.map(|v| v.v),
             role_arn,
             external_id,
+            rerun_interrupted,
         })
     }
 }
@@ -1789,6 +1809,29 @@ fn check_store(v: &str) -> Result<(), String> {
     }
 }
 
+/// An SQS queue URL: `https://sqs.<region>.amazonaws.com/<account>/<name>`
+/// (or any `http(s)://host/<account>/<name>`, for endpoints like moto).
+fn check_queue_url(v: &str) -> Result<(), String> {
+    const WHAT: &str = "must be an SQS queue URL like \"https://sqs.eu-west-2.amazonaws.com/123456789012/runfleet-events\"";
+    let ok = (|| {
+        let rest = v
+            .strip_prefix("https://")
+            .or_else(|| v.strip_prefix("http://"))?;
+        let (host, path) = rest.split_once('/')?;
+        let (account, name) = path.split_once('/')?;
+        let fine = |s: &str| {
+            !s.is_empty()
+                && s.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'))
+        };
+        (fine(host) && fine(account) && fine(name)).then_some(())
+    })();
+    match ok {
+        Some(()) => Ok(()),
+        None => Err(format!("{} {WHAT}", show(v))),
+    }
+}
+
 fn check_region(v: &str) -> Result<(), String> {
     let ok = (1..=32).contains(&v.len())
         && v.starts_with(|c: char| c.is_ascii_lowercase())
@@ -1841,6 +1884,60 @@ fn mask_url_password(url: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const SPOT_MINIMAL: &str =
+        "fleet = \"ci\"\n[github]\ntoken = \"t\"\nwebhook_secret = \"s\"\nrepos = [\"acme/*\"]\n";
+    const POOL: &str = "[[pool]]\nname = \"p\"\nlabels = [\"self-hosted\"]\nlaunch_template = \"lt-0123456789abcdef0\"\ninstance_types = [\"t3.micro\"]\n";
+
+    fn spot_cfg(aws: &str, pool_extra: &str) -> Result<Config, ConfigError> {
+        let text = format!("{SPOT_MINIMAL}{aws}{POOL}{pool_extra}");
+        parse(&text, &MapSecrets::default())
+    }
+
+    #[test]
+    fn interruption_keys_default_and_parse() {
+        let c = spot_cfg("", "").unwrap();
+        assert!(c.pools[0].rerun_interrupted, "re-runs are on by default");
+        assert_eq!(c.aws.events_queue, None);
+        let c = spot_cfg(
+            "[aws]\nevents_queue = \"https://sqs.eu-west-2.amazonaws.com/123456789012/runfleet-events\"\n",
+            "rerun_interrupted = false\n",
+        )
+        .unwrap();
+        assert!(!c.pools[0].rerun_interrupted);
+        assert_eq!(
+            c.aws.events_queue.as_deref(),
+            Some("https://sqs.eu-west-2.amazonaws.com/123456789012/runfleet-events")
+        );
+        let local = "[aws]\nevents_queue = \"http://127.0.0.1:5000/123456789012/q\"\n";
+        assert!(
+            spot_cfg(local, "").is_ok(),
+            "a local endpoint (moto) is a queue URL too"
+        );
+    }
+
+    #[test]
+    fn interruption_keys_reject_bad_values() {
+        for bad in [
+            "sqs-queue",
+            "https://sqs.amazonaws.com/",
+            "ftp://h/1/q",
+            "https://h/1/",
+        ] {
+            let e = spot_cfg(&format!("[aws]\nevents_queue = \"{bad}\"\n"), "")
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.contains("aws.events_queue") && e.contains("SQS queue URL"),
+                "{bad}: {e}"
+            );
+            assert!(e.contains("line 7"), "{e}");
+        }
+        let e = spot_cfg("", "rerun_interrupted = \"yes\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("pool[0].rerun_interrupted"), "{e}");
+    }
 
     #[test]
     fn durations_parse() {

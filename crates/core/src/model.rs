@@ -152,6 +152,13 @@ pub struct Job {
     pub launches: u32,
     /// No launch for it before this time (backoff after a failed launch).
     pub retry_at: Millis,
+    /// `conclusion` of the completed job (`success`, `failure`, `cancelled`, ...).
+    #[serde(default)]
+    pub conclusion: Option<String>,
+    /// When runfleet asked GitHub to re-run it because its spot instance
+    /// was interrupted under it (at most once per job).
+    #[serde(default)]
+    pub rerun_requested_at: Option<Millis>,
 }
 
 impl Job {
@@ -169,6 +176,8 @@ impl Job {
             reason: None,
             launches: 0,
             retry_at: 0,
+            conclusion: None,
+            rerun_requested_at: None,
         };
         job.apply(ev);
         job
@@ -198,6 +207,9 @@ impl Job {
                     self.state = JobState::Completed;
                 }
                 self.completed_at = Some(self.completed_at.map_or(ev.at, |t| t.min(ev.at)));
+                if self.conclusion.is_none() && ev.conclusion.is_some() {
+                    self.conclusion.clone_from(&ev.conclusion);
+                }
                 if self.started_at.is_none() && ev.runner_name.is_some() {
                     self.started_at = Some(ev.at);
                 }
@@ -357,6 +369,9 @@ pub enum TerminateReason {
     Idle,
     /// Its pool is no longer configured.
     PoolRemoved,
+    /// EC2 announced a spot interruption or recommended a rebalance, and
+    /// its runner was not running a job: replaced at once.
+    Interrupted,
 }
 
 impl TerminateReason {
@@ -368,6 +383,7 @@ impl TerminateReason {
             TerminateReason::Orphan => "orphan",
             TerminateReason::Idle => "idle",
             TerminateReason::PoolRemoved => "pool_removed",
+            TerminateReason::Interrupted => "interrupted",
         }
     }
 }
@@ -401,6 +417,64 @@ pub struct Instance {
     /// Termination was requested at, and why.
     pub terminate_requested_at: Option<Millis>,
     pub terminate_reason: Option<TerminateReason>,
+    /// What it was launched as (type, subnet, market), when runfleet
+    /// launched it in this state's lifetime; `None` for one found by listing.
+    #[serde(default)]
+    pub offering: Option<Offering>,
+    /// The strongest interruption notice EC2 sent for it.
+    #[serde(default)]
+    pub interruption: Option<Interruption>,
+}
+
+/// How strongly EC2 warned that an instance will go away; ordered by
+/// severity, so a later, weaker notice never replaces a stronger one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum InterruptionKind {
+    /// "EC2 Instance Rebalance Recommendation": at elevated risk of interruption.
+    Rebalance,
+    /// "EC2 Spot Instance Interruption Warning": reclaimed in two minutes.
+    SpotWarning,
+}
+
+impl InterruptionKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            InterruptionKind::Rebalance => "rebalance",
+            InterruptionKind::SpotWarning => "spot_warning",
+        }
+    }
+}
+
+/// An interruption notice recorded for an instance.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Interruption {
+    pub kind: InterruptionKind,
+    /// When EC2 sent it.
+    pub at: Millis,
+}
+
+impl Instance {
+    /// Records a notice; returns whether it changed anything (a repeated or
+    /// weaker notice does not).
+    pub fn note_interruption(&mut self, kind: InterruptionKind, at: Millis) -> bool {
+        if self.interruption.is_some_and(|i| i.kind >= kind) {
+            return false;
+        }
+        self.interruption = Some(Interruption { kind, at });
+        true
+    }
+
+    /// Moves to a state EC2 reported, only ever forward toward `terminated`
+    /// (a late `shutting-down` never revives a `terminated` instance);
+    /// returns whether it changed.
+    pub fn note_state(&mut self, state: InstanceState) -> bool {
+        if state <= self.state {
+            return false;
+        }
+        self.state = state;
+        true
+    }
 }
 
 impl Instance {
@@ -507,6 +581,66 @@ mod tests {
         assert_eq!(instance_of_runner("other-runner"), None);
         assert_eq!(instance_of_runner("runfleet-pool-"), None);
         assert_eq!(instance_of_runner("runfleet-pool-i-"), None);
+    }
+
+    #[test]
+    fn interruption_notices_only_grow_and_states_only_move_forward() {
+        let mut i = Instance {
+            id: "i-1".into(),
+            fleet: "f".into(),
+            pool: "p".into(),
+            state: InstanceState::Running,
+            launched_at: 0,
+            launch_id: Some("l".into()),
+            scope: None,
+            unique_label: None,
+            market: Some(CapacityMarket::Spot),
+            jit_written: true,
+            param_present: false,
+            runner_online_at: None,
+            busy: true,
+            job_done_at: None,
+            terminate_requested_at: None,
+            terminate_reason: None,
+            offering: None,
+            interruption: None,
+        };
+        assert!(i.note_interruption(InterruptionKind::Rebalance, 10));
+        assert!(
+            !i.note_interruption(InterruptionKind::Rebalance, 20),
+            "a repeat"
+        );
+        assert!(
+            i.note_interruption(InterruptionKind::SpotWarning, 30),
+            "stronger"
+        );
+        assert!(!i.note_interruption(InterruptionKind::SpotWarning, 40));
+        assert!(
+            !i.note_interruption(InterruptionKind::Rebalance, 50),
+            "weaker"
+        );
+        assert_eq!(
+            i.interruption,
+            Some(Interruption {
+                kind: InterruptionKind::SpotWarning,
+                at: 30
+            })
+        );
+        assert!(i.note_state(InstanceState::Terminated));
+        assert!(!i.note_state(InstanceState::ShuttingDown), "late event");
+        assert!(!i.note_state(InstanceState::Terminated));
+        assert_eq!(i.state, InstanceState::Terminated);
+    }
+
+    #[test]
+    fn stored_records_without_the_new_fields_still_read() {
+        let job = Job::new(&ev(JobStatus::Queued, 10, None));
+        let mut v = serde_json::to_value(&job).unwrap();
+        let o = v.as_object_mut().unwrap();
+        o.remove("conclusion");
+        o.remove("rerun_requested_at");
+        let back: Job = serde_json::from_value(v).unwrap();
+        assert_eq!(back, job);
     }
 
     #[test]

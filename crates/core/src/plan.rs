@@ -15,11 +15,12 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
+use crate::config::CapacityMarket;
 use crate::config::{Config, PoolConfig, RunnerScope};
 use crate::labels::pool_for;
 use crate::model::{
-    ErrorKind, Instance, Job, JobState, Launch, LaunchState, Millis, Offering, Runner, Scope,
-    TerminateReason, Unavailable, instance_of_runner,
+    ErrorKind, Instance, InterruptionKind, Job, JobState, Launch, LaunchState, Millis, Offering,
+    Runner, Scope, TerminateReason, Unavailable, instance_of_runner,
 };
 
 /// How long an offering that failed for capacity is skipped.
@@ -95,6 +96,57 @@ pub enum Action {
         state: JobState,
         reason: String,
     },
+    /// Ask GitHub to re-run a job that failed because EC2 reclaimed its
+    /// spot instance under it (`POST .../actions/jobs/{job_id}/rerun`).
+    /// Its in-flight key is [`rerun_key`].
+    RerunJob { job_id: u64, repo: String },
+}
+
+/// The [`Observed::in_flight`] key of a job's re-run.
+pub fn rerun_key(job_id: u64) -> String {
+    format!("rerun:{job_id}")
+}
+
+/// Whether a completed job failed because its spot instance was reclaimed
+/// under it, and should be re-run: it ran on an instance of this fleet that
+/// had a spot interruption warning, it ended with `failure` or `cancelled`
+/// (what GitHub reports when a runner is lost) no earlier than the warning,
+/// its pool has `rerun_interrupted`, and it was not re-run already.
+pub fn wants_rerun(config: &Config, obs: &Observed, job: &Job) -> bool {
+    if job.state != JobState::Completed
+        || job.rerun_requested_at.is_some()
+        || !matches!(job.conclusion.as_deref(), Some("failure" | "cancelled"))
+    {
+        return false;
+    }
+    let Some(inst) = job
+        .runner_name
+        .as_deref()
+        .and_then(instance_of_runner)
+        .and_then(|iid| obs.instances.get(iid))
+    else {
+        return false;
+    };
+    let Some(warning) = inst
+        .interruption
+        .filter(|w| w.kind == InterruptionKind::SpotWarning)
+    else {
+        return false;
+    };
+    inst.fleet == config.fleet
+        && job.completed_at.is_none_or(|t| t >= warning.at)
+        && config.pool(&inst.pool).is_some_and(|p| p.rerun_interrupted)
+}
+
+/// `chain` with its on-demand offerings first (a job re-run after a spot
+/// interruption should not be gambled on spot again), spot after them.
+pub fn on_demand_first(chain: &[Offering]) -> Vec<Offering> {
+    let (mut first, rest): (Vec<Offering>, Vec<Offering>) = chain
+        .iter()
+        .cloned()
+        .partition(|o| o.market == CapacityMarket::OnDemand);
+    first.extend(rest);
+    first
 }
 
 /// Where runners of `pool` for jobs of `repo` are registered.
@@ -310,6 +362,7 @@ pub fn plan(config: &Config, obs: &Observed, now: Millis) -> Vec<Action> {
             && !i.busy
             && i.job_done_at.is_none()
             && i.unique_label.is_none()
+            && i.interruption.is_none()
         {
             *supply.entry(key_of_scope(idx, scope)).or_default() += 1;
         }
@@ -327,6 +380,7 @@ pub fn plan(config: &Config, obs: &Observed, now: Millis) -> Vec<Action> {
         if i.terminate_requested_at.is_none()
             && !i.busy
             && i.job_done_at.is_none()
+            && i.interruption.is_none()
             && let Some(l) = i.launch_id.as_ref().and_then(|id| obs.launches.get(id))
             && let Some(j) = l.job_id
         {
@@ -345,6 +399,14 @@ pub fn plan(config: &Config, obs: &Observed, now: Millis) -> Vec<Action> {
             by_pool.entry(key.0).or_default().push((job, *key));
         }
     }
+    // Runs with a job re-run after a spot interruption: their queued jobs
+    // (the re-run) launch on-demand first.
+    let rerun_runs: FxHashSet<u64> = obs
+        .jobs
+        .values()
+        .filter(|j| j.rerun_requested_at.is_some())
+        .map(|j| j.run_id)
+        .collect();
     for (idx, mut wanting) in by_pool {
         let pool = &config.pools[idx];
         wanting.sort_by_key(|(j, _)| (j.queued_at, j.id));
@@ -352,6 +414,7 @@ pub fn plan(config: &Config, obs: &Observed, now: Millis) -> Vec<Action> {
         if chain.is_empty() {
             continue; // every offering is cooling down after capacity errors
         }
+        let mut rerun_chain: Option<Arc<[Offering]>> = None;
         let count = alive.entry(pool.name.as_str()).or_default();
         for (job, key) in wanting {
             if *count >= pool.max_runners {
@@ -369,6 +432,13 @@ pub fn plan(config: &Config, obs: &Observed, now: Millis) -> Vec<Action> {
                 n += 1;
                 id = launch_id(&config.fleet, job.id, n);
             }
+            let offerings = if !rerun_runs.is_empty() && rerun_runs.contains(&job.run_id) {
+                rerun_chain
+                    .get_or_insert_with(|| on_demand_first(&chain).into())
+                    .clone()
+            } else {
+                chain.clone()
+            };
             actions.push(Action::Launch(LaunchPlan {
                 id,
                 pool: pool.name.clone(),
@@ -376,7 +446,7 @@ pub fn plan(config: &Config, obs: &Observed, now: Millis) -> Vec<Action> {
                 job_id: Some(job.id),
                 unique_label: None,
                 name: None,
-                offerings: chain.clone(),
+                offerings,
                 resume: false,
             }));
         }
@@ -450,6 +520,20 @@ pub fn plan(config: &Config, obs: &Observed, now: Millis) -> Vec<Action> {
             .get(i.pool.as_str())
             .map(|&idx| (idx, &config.pools[idx]));
         let reason = match (pool, &i.launch_id) {
+            // EC2 will take it (or recommends moving off it) and no job runs
+            // on it: replace it now rather than hand it a job it cannot
+            // finish. Only when its runner is listed (the termination
+            // deregisters it first, which GitHub refuses once it took a
+            // job), or it has none, or its job is done: a runner online but
+            // not in the last listing may have just taken a job, so wait for
+            // the next listing.
+            (_, Some(_))
+                if i.interruption.is_some()
+                    && (runner.is_some() || !i.jit_written || i.job_done_at.is_some()) =>
+            {
+                Some(TerminateReason::Interrupted)
+            }
+            (_, Some(_)) if i.interruption.is_some() && i.runner_online_at.is_some() => None,
             (_, None) if age >= boot_timeout => Some(TerminateReason::Orphan),
             (_, None) => None,
             (None, Some(_)) => Some(TerminateReason::PoolRemoved),
@@ -511,6 +595,21 @@ pub fn plan(config: &Config, obs: &Observed, now: Millis) -> Vec<Action> {
         }
     }
 
+    // Jobs lost to a spot interruption: re-run once.
+    for job in obs.jobs.values() {
+        if job.state == JobState::Completed
+            && job.rerun_requested_at.is_none()
+            && job.conclusion.is_some()
+            && wants_rerun(config, obs, job)
+            && !obs.in_flight.contains(&rerun_key(job.id))
+        {
+            actions.push(Action::RerunJob {
+                job_id: job.id,
+                repo: job.repo.clone(),
+            });
+        }
+    }
+
     // Runners whose instance (of this fleet) is gone.
     for r in &obs.runners {
         let Some(iid) = instance_of_runner(&r.name) else {
@@ -546,4 +645,130 @@ fn terminate(i: &Instance, runner: Option<&Runner>, reason: TerminateReason) -> 
 /// Whether an error kind on a launch counts against the offering (skip it for a while).
 pub fn marks_unavailable(kind: ErrorKind) -> bool {
     matches!(kind, ErrorKind::Capacity)
+}
+
+#[cfg(test)]
+mod interruption_tests {
+    use super::*;
+    use crate::config::{MapSecrets, parse};
+    use crate::model::{InstanceState, Interruption, JobEvent, JobStatus, runner_name};
+
+    const CFG: &str = "fleet = \"f\"\n[github]\ntoken = \"t\"\nwebhook_secret = \"s\"\nrepos = [\"acme/*\"]\n[[pool]]\nname = \"p\"\nlabels = [\"self-hosted\"]\nlaunch_template = \"lt-0123456789abcdef0\"\ninstance_types = [\"m5.large\"]\nmarket = \"spot-then-on-demand\"\n";
+
+    fn world(conclusion: &str, warned_at: Option<Millis>) -> (Config, Observed) {
+        let cfg = parse(CFG, &MapSecrets::default()).unwrap();
+        let mut obs = Observed::default();
+        let name = runner_name("p", "i-0abc");
+        let done = JobEvent {
+            job_id: 7,
+            run_id: 70,
+            repo: "acme/app".into(),
+            labels: vec!["self-hosted".into()],
+            status: JobStatus::Completed,
+            runner_name: Some(name),
+            conclusion: Some(conclusion.into()),
+            at: 1_000,
+        };
+        obs.jobs.insert(7, Job::new(&done));
+        obs.instances.insert(
+            "i-0abc".into(),
+            Instance {
+                id: "i-0abc".into(),
+                fleet: "f".into(),
+                pool: "p".into(),
+                state: InstanceState::Terminated,
+                launched_at: 0,
+                launch_id: Some("f-j7-1".into()),
+                scope: Some(Scope::Repo("acme/app".into())),
+                unique_label: None,
+                market: Some(CapacityMarket::Spot),
+                jit_written: true,
+                param_present: false,
+                runner_online_at: Some(10),
+                busy: false,
+                job_done_at: Some(1_000),
+                terminate_requested_at: None,
+                terminate_reason: None,
+                offering: None,
+                interruption: warned_at.map(|at| Interruption {
+                    kind: InterruptionKind::SpotWarning,
+                    at,
+                }),
+            },
+        );
+        (cfg, obs)
+    }
+
+    fn reruns(cfg: &Config, obs: &Observed) -> Vec<u64> {
+        plan(cfg, obs, 2_000)
+            .into_iter()
+            .filter_map(|a| match a {
+                Action::RerunJob { job_id, .. } => Some(job_id),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_job_lost_to_a_spot_reclaim_is_rerun_once() {
+        let (cfg, mut obs) = world("failure", Some(500));
+        assert_eq!(reruns(&cfg, &obs), vec![7]);
+        obs.in_flight.insert(rerun_key(7));
+        assert!(reruns(&cfg, &obs).is_empty(), "not twice at once");
+        obs.in_flight.clear();
+        obs.jobs.get_mut(&7).unwrap().rerun_requested_at = Some(1_500);
+        assert!(reruns(&cfg, &obs).is_empty(), "once");
+    }
+
+    #[test]
+    fn only_a_failure_after_a_spot_warning_is_rerun() {
+        let (cfg, obs) = world("success", Some(500));
+        assert!(reruns(&cfg, &obs).is_empty(), "it passed");
+        let (cfg, obs) = world("cancelled", Some(500));
+        assert_eq!(
+            reruns(&cfg, &obs),
+            vec![7],
+            "a lost runner may read as cancelled"
+        );
+        let (cfg, obs) = world("failure", None);
+        assert!(reruns(&cfg, &obs).is_empty(), "no warning: its own failure");
+        let (cfg, obs) = world("failure", Some(1_500));
+        assert!(reruns(&cfg, &obs).is_empty(), "failed before the warning");
+        let (mut cfg, obs) = world("failure", Some(500));
+        cfg.pools[0].rerun_interrupted = false;
+        assert!(reruns(&cfg, &obs).is_empty(), "the pool says no");
+        let (cfg, mut obs) = world("failure", Some(500));
+        obs.instances.get_mut("i-0abc").unwrap().interruption = Some(Interruption {
+            kind: InterruptionKind::Rebalance,
+            at: 500,
+        });
+        assert!(
+            reruns(&cfg, &obs).is_empty(),
+            "a rebalance alone does not take it"
+        );
+    }
+
+    #[test]
+    fn on_demand_first_keeps_every_offering() {
+        let o = |t: &str, m| Offering {
+            instance_type: t.into(),
+            subnet: None,
+            market: m,
+        };
+        let chain = [
+            o("a", CapacityMarket::Spot),
+            o("b", CapacityMarket::Spot),
+            o("a", CapacityMarket::OnDemand),
+            o("b", CapacityMarket::OnDemand),
+        ];
+        assert_eq!(
+            on_demand_first(&chain),
+            vec![
+                chain[2].clone(),
+                chain[3].clone(),
+                chain[0].clone(),
+                chain[1].clone()
+            ]
+        );
+    }
 }

@@ -43,6 +43,7 @@ fn config(max: [u32; 3], scope_org: bool) -> Config {
         setup_script: None,
         role_arn: None,
         external_id: None,
+        rerun_interrupted: true,
     };
     Config {
         fleet: "ours".into(),
@@ -68,6 +69,7 @@ fn config(max: [u32; 3], scope_org: bool) -> Config {
             region: None,
             role_arn: None,
             external_id: None,
+            events_queue: None,
         },
         pools: vec![
             pool("linux-x64", LABELS[0], max[0]),
@@ -108,6 +110,8 @@ fn job() -> impl Strategy<Value = Job> {
             reason: None,
             launches,
             retry_at: 0,
+            conclusion: None,
+            rerun_requested_at: None,
         })
 }
 
@@ -147,6 +151,8 @@ fn instance() -> impl Strategy<Value = Instance> {
                     job_done_at: done,
                     terminate_requested_at: term,
                     terminate_reason: None,
+                    offering: None,
+                    interruption: None,
                 }
             },
         )

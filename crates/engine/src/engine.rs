@@ -1,5 +1,7 @@
 //! The controller loop body: intake -> plan -> execute -> observe.
 
+mod interruptions;
+
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 
@@ -88,6 +90,15 @@ pub struct Stats {
     pub adapter_errors: BTreeMap<String, u64>,
     pub steps: u64,
     pub reconciles: u64,
+    /// pool -> notice and what its runner was doing (`spot_warning_busy`,
+    /// `spot_warning_idle`, `rebalance_busy`, `rebalance_idle`) -> count;
+    /// repeated deliveries are not counted
+    pub interruptions: BTreeMap<String, BTreeMap<String, u64>>,
+    /// pool -> `requested` / `refused` -> re-runs of jobs lost to a spot interruption
+    pub reruns: BTreeMap<String, BTreeMap<String, u64>>,
+    /// cloud events received, by outcome: `applied`, `unchanged` (a
+    /// repeat, or nothing to do), `foreign` (an instance the state does not hold)
+    pub cloud_events: BTreeMap<String, u64>,
 }
 
 fn bump(map: &mut BTreeMap<String, BTreeMap<String, u64>>, a: &str, b: &str) {
@@ -167,6 +178,10 @@ enum Outcome {
         runner_id: u64,
         result: PortResult<()>,
     },
+    Rerun {
+        job_id: u64,
+        result: PortResult<()>,
+    },
 }
 
 /// The state as the store holds it, before any listing.
@@ -201,6 +216,9 @@ pub struct Engine {
     launch_bucket: TokenBucket,
     user_data: HashMap<String, Result<String, String>>,
     repos: Option<(Millis, Vec<String>)>,
+    last_error: Option<(String, PortError)>,
+    /// No cloud event poll before this (see `interruptions`).
+    events_next_poll: Millis,
 }
 
 impl Engine {
@@ -249,6 +267,8 @@ impl Engine {
             opts,
             user_data,
             repos: None,
+            last_error: None,
+            events_next_poll: 0,
         })
     }
 
@@ -507,10 +527,145 @@ impl Engine {
         self.execute(actions, now).await
     }
 
+    /// Takes the most recent adapter failure (`(operation, error)`, e.g.
+    /// `("provision", Auth: ...)`) recorded since the last call. A caller
+    /// that executes only its own actions (`runfleet launch`) learns from it
+    /// why its action did not happen; the messages hold no secret.
+    pub fn take_last_error(&mut self) -> Option<(String, PortError)> {
+        self.last_error.take()
+    }
+
+    /// Gives up a launch that has not been made yet (state `Requested`):
+    /// records it as failed with `kind` and `msg`, so no one resumes it
+    /// later. A launch whose call did go through after all is found again
+    /// by its `runfleet:launch` tag and adopted by the next reconcile.
+    /// Returns whether the launch was given up.
+    pub async fn give_up_launch(
+        &mut self,
+        launch_id: &str,
+        kind: ErrorKind,
+        msg: &str,
+    ) -> PortResult<bool> {
+        let Some(l) = self
+            .obs
+            .launches
+            .get_mut(launch_id)
+            .filter(|l| l.state == LaunchState::Requested)
+        else {
+            return Ok(false);
+        };
+        l.state = LaunchState::Failed;
+        l.error = Some((kind, msg.to_string()));
+        let put = Mutation::PutLaunch(l.clone());
+        self.store.apply(&[put]).await?;
+        Ok(true)
+    }
+
+    /// Observes one on-demand run only (`runfleet launch --wait`): lists the
+    /// runners of its scope and, with `cloud`, this fleet's instances, and
+    /// folds what they say about the run's instance and its runner into the
+    /// state (and the store). Nothing else in the state changes, so a
+    /// broker that shares its store with others never reconciles their
+    /// instances. Does nothing while the run has no instance.
+    pub async fn observe_run(
+        &mut self,
+        launch_id: &str,
+        now: Millis,
+        cloud: bool,
+    ) -> PortResult<()> {
+        let Some(iid) = self
+            .obs
+            .launches
+            .get(launch_id)
+            .and_then(|l| l.instance_id.clone())
+        else {
+            return Ok(());
+        };
+        let Some((scope, name)) = self
+            .obs
+            .instances
+            .get(&iid)
+            .and_then(|i| Some((i.scope.clone()?, i.runner_name())))
+        else {
+            return Ok(());
+        };
+        let listed_state = if cloud {
+            match self.cloud.list_instances(&self.cfg.fleet).await {
+                Ok(l) => {
+                    self.health.cloud(Ok(()));
+                    l.into_iter().find(|ci| ci.id == iid).map(|ci| ci.state)
+                }
+                Err(e) => {
+                    self.health.cloud(Err(&e));
+                    self.adapter_error("list_instances", &e);
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        let runner = match self.github.list_runners(&scope).await {
+            Ok(rs) => {
+                self.health.github(Ok(()));
+                Some(rs.into_iter().find(|r| r.name == name))
+            }
+            Err(e) => {
+                self.health.github(Err(&e));
+                self.adapter_error("list_runners", &e);
+                None
+            }
+        };
+        let Some(inst) = self.obs.instances.get_mut(&iid) else {
+            return Ok(());
+        };
+        let before = inst.clone();
+        if let Some(state) = listed_state {
+            inst.state = state;
+        }
+        match &runner {
+            Some(Some(r)) => {
+                if r.online || r.busy {
+                    inst.runner_online_at.get_or_insert(now);
+                }
+                if inst.job_done_at.is_none() {
+                    inst.busy = r.busy;
+                }
+            }
+            // An ephemeral runner disappears after its job.
+            Some(None)
+                if inst.runner_online_at.is_some()
+                    && inst.job_done_at.is_none()
+                    && inst.jit_written =>
+            {
+                inst.busy = false;
+                inst.job_done_at = Some(now);
+            }
+            Some(None) | None => {}
+        }
+        if let Some(found) = runner {
+            self.obs.runners.retain(|r| r.name != name);
+            self.obs.runners.extend(found);
+        }
+        if *inst != before {
+            let mut muts = vec![Mutation::PutInstance(inst.clone())];
+            if before.runner_online_at.is_none() && inst.runner_online_at.is_some() {
+                muts.push(timeline(
+                    now,
+                    None,
+                    Some(&iid),
+                    format!("runner {name} online"),
+                ));
+            }
+            self.store.apply(&muts).await?;
+        }
+        Ok(())
+    }
+
     /// Plans and executes until there is nothing left to do right now.
     pub async fn step(&mut self, now: Millis) -> PortResult<usize> {
         self.stats.steps += 1;
         self.pull_intake(now).await?;
+        self.pull_cloud_events(now).await?;
         self.health.store_error = None;
         let mut done = 0;
         for _ in 0..self.opts.max_rounds {
@@ -714,6 +869,10 @@ impl Engine {
                 };
                 Outcome::RunnerDeleted { runner_id, result }
             }
+            Action::RerunJob { job_id, repo } => {
+                let result = self.github.rerun_job(&repo, job_id).await;
+                Outcome::Rerun { job_id, result }
+            }
             Action::MarkJob { .. } => unreachable!("applied before I/O"),
         }
     }
@@ -880,6 +1039,7 @@ impl Engine {
                     false
                 }
             },
+            Outcome::Rerun { job_id, result } => self.absorb_rerun(job_id, result, now, muts),
             Outcome::RunnerDeleted { runner_id, result } => match result {
                 Ok(()) => {
                     self.obs.runners.retain(|r| r.id != runner_id);
@@ -932,6 +1092,8 @@ impl Engine {
                             scope: Some(l.scope.clone()),
                             unique_label: l.unique_label.clone(),
                             market: Some(inst.offering.market),
+                            offering: Some(inst.offering.clone()),
+                            interruption: None,
                             jit_written: false,
                             param_present: false,
                             runner_online_at: None,
@@ -1012,6 +1174,7 @@ impl Engine {
     }
 
     fn adapter_error(&mut self, port: &str, e: &PortError) {
+        self.last_error = Some((port.to_string(), e.clone()));
         *self
             .stats
             .adapter_errors
@@ -1111,6 +1274,8 @@ impl Engine {
                         scope,
                         unique_label,
                         market: ci.market,
+                        offering: None,
+                        interruption: None,
                         jit_written: false,
                         param_present: false,
                         runner_online_at: None,

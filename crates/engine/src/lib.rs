@@ -1,10 +1,13 @@
 //! The runfleet controller.
 //!
-//! **Owns**: turning observations (webhooks, API calls, polls) into durable
-//! state, running the planner over that state, executing its actions through
-//! the adapter traits with bounded concurrency, and reconciling the state
-//! with what GitHub and the cloud report; with several replicas on one
-//! store, acting only while holding the leadership lease.
+//! **Owns**: turning observations (webhooks, API calls, polls, the cloud's
+//! EC2 events: spot interruption warnings, rebalance recommendations, state
+//! changes) into durable state (an event is acknowledged to its feed only
+//! once its effect is stored), running the planner over that state,
+//! executing its actions through the adapter traits with bounded
+//! concurrency, and reconciling the state with what GitHub and the cloud
+//! report; with several replicas on one store, acting only while holding
+//! the leadership lease.
 //!
 //! **Never**: decides anything itself (the planner in `runfleet-core` does),
 //! talks to GitHub or AWS except through [`ports::GitHub`] and
@@ -15,9 +18,12 @@
 //! secret.
 //!
 //! **Public boundary**: [`ports`] (the traits adapters implement),
-//! [`Engine`] (`new`, `intake`, `step`, `reconcile`, `reload`),
-//! [`memstore::MemStore`], [`driver`], and [`lease`] (several replicas on
-//! one store: only the lease holder acts, its writes fenced by epoch).
+//! [`Engine`] (`new`, `intake`, `step` (which also pulls cloud events),
+//! `reconcile`, `reload`; `plan`, `execute_actions`, `observe_run`,
+//! `take_last_error` and `give_up_launch` for a caller that acts on one run
+//! only), [`memstore::MemStore`], [`driver`], and [`lease`] (several
+//! replicas on one store: only the lease holder acts, its writes fenced by
+//! epoch).
 
 pub mod driver;
 pub mod engine;

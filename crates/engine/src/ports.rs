@@ -79,8 +79,25 @@ pub trait GitHub: Send + Sync {
     async fn list_queued_jobs(&self, repo: &str) -> PortResult<Vec<JobEvent>>;
     /// One job's current state.
     async fn get_job(&self, repo: &str, job_id: u64) -> PortResult<JobEvent>;
+    /// Jobs whose status is `in_progress` in the in-progress workflow runs
+    /// of `repo` (with their `runner_name`): finds the job a runner is
+    /// running when no webhook told. The default: none known.
+    async fn list_running_jobs(&self, repo: &str) -> PortResult<Vec<JobEvent>> {
+        let _ = repo;
+        Ok(Vec::new())
+    }
     /// The repositories of an owner that runfleet may serve (expands `owner/*`).
     async fn list_repos(&self, owner: &str) -> PortResult<Vec<String>>;
+    /// `POST /repos/{owner}/{repo}/actions/jobs/{job_id}/rerun`: re-runs a
+    /// completed job (GitHub queues it again in a new run attempt). A job
+    /// that cannot be re-run (not completed, already re-running, too old):
+    /// `Invalid`. The default: this adapter cannot (`Invalid`).
+    async fn rerun_job(&self, repo: &str, job_id: u64) -> PortResult<()> {
+        Err(PortError::new(
+            ErrorKind::Invalid,
+            format!("re-run of job {job_id} in {repo}: not supported by this GitHub adapter"),
+        ))
+    }
     /// Requests sent so far, per endpoint, for metrics.
     fn request_counts(&self) -> Vec<(String, u64)> {
         Vec::new()
@@ -143,6 +160,34 @@ impl CloudInstance {
     }
 }
 
+/// What EC2 said about one instance, as an EventBridge event tells it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CloudEventKind {
+    /// "EC2 Spot Instance Interruption Warning": the instance is reclaimed
+    /// in two minutes; `action` is `terminate`, `stop` or `hibernate`.
+    SpotInterruption { action: String },
+    /// "EC2 Instance Rebalance Recommendation": at elevated risk of interruption.
+    RebalanceRecommendation,
+    /// "EC2 Instance State-change Notification".
+    StateChange(InstanceState),
+}
+
+/// One event about an instance, received from the cloud's event feed
+/// (SQS fed by an EventBridge rule). The feed delivers at least once: the
+/// same event may come again until it is acknowledged.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CloudEvent {
+    /// The event's own id (EventBridge `id`); a redelivery carries the same.
+    pub id: String,
+    pub instance_id: String,
+    pub kind: CloudEventKind,
+    /// When EC2 emitted it (EventBridge `time`).
+    pub at: Millis,
+    /// Opaque handle that acknowledges this delivery ([`Cloud::ack_events`];
+    /// the SQS receipt handle).
+    pub ack: String,
+}
+
 /// EC2 + SSM, as the engine uses them.
 #[async_trait]
 pub trait Cloud: Send + Sync {
@@ -159,6 +204,23 @@ pub trait Cloud: Send + Sync {
     async fn delete_jit(&self, fleet: &str, instance_id: &str) -> PortResult<()>;
     /// Instance ids that have a parameter under the fleet's prefix.
     async fn list_jit(&self, fleet: &str) -> PortResult<Vec<String>>;
+    /// Events received since the last call (spot interruption warnings,
+    /// rebalance recommendations, state changes), for any instance: the
+    /// engine keeps those of instances it knows. An event stays in the feed
+    /// until [`Cloud::ack_events`] acknowledges it, so one whose effect was
+    /// not stored comes again. Unreadable messages are reported by the
+    /// adapter (log) and left in the feed (for its dead-letter queue), never
+    /// returned. The default: no feed, no events.
+    async fn poll_events(&self) -> PortResult<Vec<CloudEvent>> {
+        Ok(Vec::new())
+    }
+    /// Removes delivered events from the feed, by their [`CloudEvent::ack`]
+    /// handles; the engine calls it only once the events' effects are
+    /// stored. Acknowledging a handle twice is success.
+    async fn ack_events(&self, acks: &[String]) -> PortResult<()> {
+        let _ = acks;
+        Ok(())
+    }
     /// Requests sent so far, per API operation (`RunInstances`, ...), for metrics.
     fn request_counts(&self) -> Vec<(String, u64)> {
         Vec::new()

@@ -951,6 +951,44 @@ impl GitHubClient {
         })
     }
 
+    /// Jobs whose status is `job_status` in the runs of `repo` whose
+    /// status is one of `run_statuses` (all pages).
+    async fn jobs_in_runs(
+        &self,
+        repo: &str,
+        run_statuses: &[&str],
+        job_status: &str,
+    ) -> PortResult<Vec<JobEvent>> {
+        let (o, n) = split_repo(repo)?;
+        let mut runs = Vec::new();
+        for status in run_statuses {
+            runs.extend(self.run_ids(o, n, status).await?);
+        }
+        runs.sort_unstable();
+        runs.dedup();
+        let now = now_millis();
+        let mut out = Vec::new();
+        for run in runs {
+            let jobs = self
+                .get_all(
+                    "/repos/{owner}/{repo}/actions/runs/{run_id}/jobs",
+                    &format!("/repos/{o}/{n}/actions/runs/{run}/jobs?per_page=100"),
+                    Target::Repo(o, n),
+                    |p: wire::JobsPage| p.jobs,
+                )
+                .await;
+            let jobs = match jobs {
+                // The run was deleted between the two calls.
+                Err(e) if e.kind == ErrorKind::NotFound => continue,
+                other => other?,
+            };
+            for j in jobs.into_iter().filter(|j| j.status == job_status) {
+                out.push(job_event(j, repo, now)?);
+            }
+        }
+        Ok(out)
+    }
+
     async fn run_ids(&self, o: &str, n: &str, status: &str) -> PortResult<Vec<u64>> {
         self.get_all(
             "/repos/{owner}/{repo}/actions/runs",
@@ -1134,32 +1172,13 @@ impl GitHub for GitHubClient {
     }
 
     async fn list_queued_jobs(&self, repo: &str) -> PortResult<Vec<JobEvent>> {
-        let (o, n) = split_repo(repo)?;
-        let mut runs = self.run_ids(o, n, "queued").await?;
-        runs.extend(self.run_ids(o, n, "in_progress").await?);
-        runs.sort_unstable();
-        runs.dedup();
-        let now = now_millis();
-        let mut out = Vec::new();
-        for run in runs {
-            let jobs = self
-                .get_all(
-                    "/repos/{owner}/{repo}/actions/runs/{run_id}/jobs",
-                    &format!("/repos/{o}/{n}/actions/runs/{run}/jobs?per_page=100"),
-                    Target::Repo(o, n),
-                    |p: wire::JobsPage| p.jobs,
-                )
-                .await;
-            let jobs = match jobs {
-                // The run was deleted between the two calls.
-                Err(e) if e.kind == ErrorKind::NotFound => continue,
-                other => other?,
-            };
-            for j in jobs.into_iter().filter(|j| j.status == "queued") {
-                out.push(job_event(j, repo, now)?);
-            }
-        }
-        Ok(out)
+        self.jobs_in_runs(repo, &["queued", "in_progress"], "queued")
+            .await
+    }
+
+    async fn list_running_jobs(&self, repo: &str) -> PortResult<Vec<JobEvent>> {
+        self.jobs_in_runs(repo, &["in_progress"], "in_progress")
+            .await
     }
 
     async fn get_job(&self, repo: &str, job_id: u64) -> PortResult<JobEvent> {
@@ -1176,6 +1195,10 @@ impl GitHub for GitHubClient {
 
     fn request_counts(&self) -> Vec<(String, u64)> {
         self.counts_snapshot()
+    }
+
+    async fn rerun_job(&self, repo: &str, job_id: u64) -> PortResult<()> {
+        GitHubClient::rerun_job(self, repo, job_id).await
     }
 
     async fn list_repos(&self, owner: &str) -> PortResult<Vec<String>> {

@@ -848,3 +848,54 @@ async fn app_with_the_wrong_key_is_refused_without_leaking_it() {
     assert!(!e.message.contains("PRIVATE KEY") && !format!("{e:?}").contains("BEGIN"));
     assert_eq!(fake.tokens_issued(), 0);
 }
+
+#[tokio::test]
+async fn rerun_through_the_engine_port() {
+    use runfleet_engine::ports::GitHub;
+    let (fake, client, _) = pat_fake().await;
+    let job = fake.queue_job("acme/app", &["self-hosted"], false).await;
+    fake.register_runner(Scope::Repo("acme/app".into()), "r", &["self-hosted"], true);
+    fake.start_job(job.job_id, "r").await.unwrap();
+    let port: &dyn GitHub = &client;
+    // Not completed yet: GitHub refuses, and says so with a permanent kind.
+    let e = port.rerun_job("acme/app", job.job_id).await.unwrap_err();
+    assert!(
+        !matches!(e.kind, ErrorKind::Transient | ErrorKind::Throttled),
+        "{e}"
+    );
+    fake.complete_job(job.job_id, "failure").await.unwrap();
+    port.rerun_job("acme/app", job.job_id).await.unwrap();
+    assert_eq!(fake.job(job.job_id).unwrap().reruns, 1);
+    assert_eq!(
+        fake.count("POST /repos/{owner}/{repo}/actions/jobs/{job_id}/rerun"),
+        2
+    );
+}
+
+#[tokio::test]
+async fn running_jobs_name_their_runner() {
+    use runfleet_engine::ports::GitHub;
+    let (fake, client, _) = pat_fake().await;
+    let running = fake.queue_job("acme/app", &["self-hosted"], false).await;
+    let waiting = fake.queue_job("acme/app", &["self-hosted"], false).await;
+    fake.register_runner(
+        Scope::Repo("acme/app".into()),
+        "runfleet-p-i-0abc",
+        &["self-hosted"],
+        true,
+    );
+    fake.start_job(running.job_id, "runfleet-p-i-0abc")
+        .await
+        .unwrap();
+    let port: &dyn GitHub = &client;
+    let jobs = port.list_running_jobs("acme/app").await.unwrap();
+    assert_eq!(jobs.len(), 1, "{jobs:?}");
+    assert_eq!(jobs[0].job_id, running.job_id);
+    assert_eq!(jobs[0].runner_name.as_deref(), Some("runfleet-p-i-0abc"));
+    let queued = port.list_queued_jobs("acme/app").await.unwrap();
+    assert!(queued.iter().all(|j| j.job_id != running.job_id));
+    assert!(
+        queued.iter().any(|j| j.job_id == waiting.job_id),
+        "{queued:?}"
+    );
+}

@@ -7,8 +7,8 @@ use rand::Rng;
 use runfleet_core::config::{CapacityMarket, Secret};
 use runfleet_core::model::{ErrorKind, InstanceState, JobEvent, JobStatus, Runner, Scope};
 use runfleet_engine::ports::{
-    Cloud, CloudInstance, GitHub, JitConfig, JitRequest, LaunchOutcome, LaunchRequest, Launched,
-    PortError, PortResult,
+    Cloud, CloudEvent, CloudInstance, GitHub, JitConfig, JitRequest, LaunchOutcome, LaunchRequest,
+    Launched, PortError, PortResult,
 };
 
 use crate::world::{SimInstance, World, param_path};
@@ -102,6 +102,7 @@ impl GitHub for SimGitHub {
                 job: None,
                 instance: None,
                 jit: jit.clone(),
+                online_at: None,
             },
         );
         Ok(JitConfig {
@@ -173,6 +174,27 @@ impl GitHub for SimGitHub {
             .collect())
     }
 
+    async fn list_running_jobs(&self, repo: &str) -> PortResult<Vec<JobEvent>> {
+        let mut w = self.0.lock().unwrap();
+        count(&mut w, true, "list_running_jobs", false);
+        github_fault(&mut w, "list running jobs")?;
+        let now = w.now;
+        Ok(w.jobs
+            .values()
+            .filter(|j| j.repo == repo && j.status == JobStatus::InProgress)
+            .map(|j| JobEvent {
+                job_id: j.id,
+                run_id: j.run_id,
+                repo: j.repo.clone(),
+                labels: j.labels.clone(),
+                status: j.status,
+                runner_name: j.runner.clone(),
+                conclusion: None,
+                at: j.started_at.unwrap_or(now),
+            })
+            .collect())
+    }
+
     async fn get_job(&self, repo: &str, job_id: u64) -> PortResult<JobEvent> {
         let mut w = self.0.lock().unwrap();
         count(&mut w, true, "get_job", false);
@@ -195,13 +217,22 @@ impl GitHub for SimGitHub {
             labels: j.labels.clone(),
             status: j.status,
             runner_name: j.runner.clone(),
-            conclusion: (j.status == JobStatus::Completed).then(|| "success".into()),
+            conclusion: j.conclusion.clone(),
             at: match j.status {
                 JobStatus::Queued => j.queued_at.unwrap_or(now),
                 JobStatus::InProgress => j.started_at.unwrap_or(now),
                 JobStatus::Completed => j.completed_at.unwrap_or(now),
             },
         })
+    }
+
+    async fn rerun_job(&self, repo: &str, job_id: u64) -> PortResult<()> {
+        let mut w = self.0.lock().unwrap();
+        count(&mut w, true, "rerun_job", true);
+        github_fault(&mut w, "re-run job")?;
+        w.rerun(repo, job_id)
+            .map(|_| ())
+            .map_err(|e| PortError::new(ErrorKind::Invalid, e))
     }
 
     async fn list_repos(&self, owner: &str) -> PortResult<Vec<String>> {
@@ -413,6 +444,48 @@ impl Cloud for SimCloud {
         Ok(())
     }
 
+    /// SQS `ReceiveMessage` (up to 10 visible messages; each becomes
+    /// invisible for [`crate::world::EVENT_VISIBILITY_MS`] and comes again
+    /// unless deleted). No feed: no call, no events.
+    async fn poll_events(&self) -> PortResult<Vec<CloudEvent>> {
+        let mut w = self.0.lock().unwrap();
+        if !w.events_enabled() {
+            return Ok(Vec::new());
+        }
+        count(&mut w, false, "ReceiveMessage", false);
+        let now = w.now;
+        let mut out = Vec::new();
+        for m in w.queue.iter_mut() {
+            if out.len() == 10 {
+                break;
+            }
+            if m.visible_at > now {
+                continue;
+            }
+            m.visible_at = now + crate::world::EVENT_VISIBILITY_MS;
+            m.receives += 1;
+            out.push(CloudEvent {
+                id: m.event.id.clone(),
+                instance_id: m.event.instance_id.clone(),
+                kind: m.event.kind.clone(),
+                at: m.event.at,
+                ack: m.message_id.clone(),
+            });
+        }
+        Ok(out)
+    }
+
+    /// SQS `DeleteMessageBatch`; an unknown handle is success.
+    async fn ack_events(&self, acks: &[String]) -> PortResult<()> {
+        let mut w = self.0.lock().unwrap();
+        if acks.is_empty() {
+            return Ok(());
+        }
+        count(&mut w, false, "DeleteMessageBatch", true);
+        w.queue.retain(|m| !acks.contains(&m.message_id));
+        Ok(())
+    }
+
     async fn list_jit(&self, fleet: &str) -> PortResult<Vec<String>> {
         let mut w = self.0.lock().unwrap();
         count(&mut w, false, "GetParametersByPath", false);
@@ -461,6 +534,12 @@ impl<H: OnLaunch> Cloud for LaunchHook<H> {
     }
     async fn list_jit(&self, fleet: &str) -> PortResult<Vec<String>> {
         self.inner.list_jit(fleet).await
+    }
+    async fn poll_events(&self) -> PortResult<Vec<CloudEvent>> {
+        self.inner.poll_events().await
+    }
+    async fn ack_events(&self, acks: &[String]) -> PortResult<()> {
+        self.inner.ack_events(acks).await
     }
     fn request_counts(&self) -> Vec<(String, u64)> {
         self.inner.request_counts()

@@ -153,7 +153,11 @@ pub struct Summary {
     pub parameters_left: usize,
     pub orphans: u64,
     pub duplicate_runs: usize,
+    /// Jobs whose last attempt lost its runner mid-run (a job lost to a
+    /// spot interruption and re-run to completion is not lost).
     pub jobs_lost: usize,
+    /// Jobs re-run after their spot instance was reclaimed under them.
+    pub reruns: usize,
     pub foreign_touched: u64,
     pub foreign_alive: bool,
     pub untagged_launches: u64,
@@ -161,6 +165,9 @@ pub struct Summary {
     pub wasted_instance_seconds: u64,
     pub busy_instance_seconds: u64,
     pub simulated_seconds: u64,
+    /// Virtual time of the first and the last launch call that started an
+    /// instance of this fleet (ms), for burst measurements.
+    pub launch_calls_ms: (Millis, Millis),
     pub timed_out: bool,
     pub calls: CallCounts,
     pub faults_injected: FaultCounts,
@@ -373,7 +380,16 @@ pub async fn run(
                 done: by.get("done").copied().unwrap_or(0),
                 instances_alive: alive,
             };
-            let settled = p.done == opts.jobs
+            // Every job, re-runs included, is done, and no job lost to a spot
+            // interruption still waits for its re-run.
+            let awaiting_rerun = w.jobs.values().any(|j| {
+                j.interrupted
+                    && j.rerun_as.is_none()
+                    && runfleet_core::labels::pool_for(&config, &j.labels)
+                        .is_some_and(|p| p.rerun_interrupted)
+            });
+            let settled = p.done == w.jobs.len()
+                && !awaiting_rerun
                 && alive == 0
                 && w.outbox.is_empty()
                 && w.runners_named("runfleet-") == 0
@@ -417,6 +433,8 @@ pub async fn run(
         completed: w
             .jobs
             .values()
+            .filter(|j| j.rerun_of.is_none())
+            .filter_map(|j| w.final_attempt(j.id))
             .filter(|j| j.status == JobStatus::Completed && !j.lost)
             .count(),
         instances_launched: ours.len(),
@@ -425,7 +443,14 @@ pub async fn run(
         parameters_left: w.params_under(&config.fleet),
         orphans: w.violations.unrecorded_launches,
         duplicate_runs: w.jobs.values().filter(|j| j.runs > 1).count(),
-        jobs_lost: w.jobs.values().filter(|j| j.lost).count(),
+        jobs_lost: w
+            .jobs
+            .values()
+            .filter(|j| j.rerun_of.is_none())
+            .filter_map(|j| w.final_attempt(j.id))
+            .filter(|j| j.lost)
+            .count(),
+        reruns: w.reruns.values().map(|&n| n as usize).sum(),
         foreign_touched: w.violations.foreign_touched,
         foreign_alive: w
             .instances
@@ -436,6 +461,10 @@ pub async fn run(
         wasted_instance_seconds: alive_ms.saturating_sub(busy_ms) / 1000,
         busy_instance_seconds: busy_ms / 1000,
         simulated_seconds: w.now / 1000,
+        launch_calls_ms: (
+            ours.iter().map(|i| i.launched_at).min().unwrap_or(0),
+            ours.iter().map(|i| i.launched_at).max().unwrap_or(0),
+        ),
         timed_out,
         calls: w.calls.clone(),
         faults_injected: w.faults.clone(),

@@ -8,7 +8,14 @@
 //! a virtual clock and judges the invariants ([`driver`]). Faults (5xx, rate
 //! limits, throttling, capacity errors, lost / duplicated / delayed webhooks,
 //! slow boots, broken instances, controller restarts) fire by probability
-//! from one seeded generator and stop at a heal time.
+//! from one seeded generator and stop at a heal time. Spot interruptions
+//! (`WorldConfig::spot_interruption_weight`: a warning, sometimes after a
+//! rebalance recommendation, then the reclaim two minutes later, failing a
+//! job that runs there) and duplicated event deliveries draw from a second
+//! seeded generator, so runs without them replay as before; the EC2 event
+//! feed (`WorldConfig::ec2_events`) behaves like SQS (delivered at least
+//! once, invisible for 30 s after a receive until deleted). GitHub's re-run
+//! queues a new job id in the same run, as a new run attempt does.
 //!
 //! **Never**: reads the wall clock, uses an unseeded random source, or does
 //! network or file I/O: the same seed gives the same run.

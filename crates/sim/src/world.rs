@@ -11,7 +11,15 @@ use runfleet_core::bucket::TokenBucket;
 use runfleet_core::config::CapacityMarket;
 use runfleet_core::labels::satisfies;
 use runfleet_core::model::{InstanceState, JobEvent, JobStatus, Millis, Scope};
+use runfleet_engine::ports::CloudEventKind;
 use serde::Serialize;
+
+/// How long EC2 gives a spot instance between its interruption warning and
+/// taking it back.
+pub const SPOT_NOTICE_MS: Millis = 2 * 60 * 1000;
+/// How long a received event stays invisible to other receives (SQS's
+/// default visibility timeout) before it is delivered again unless deleted.
+pub const EVENT_VISIBILITY_MS: Millis = 30 * 1000;
 
 /// How the world behaves. All times in milliseconds of virtual time.
 #[derive(Debug, Clone)]
@@ -39,6 +47,20 @@ pub struct WorldConfig {
     pub terminate_bucket: (u32, f64),
     /// SSM PutParameter throughput.
     pub ssm_put_bucket: (u32, f64),
+    /// Spot interruptions, a fault class: the probability (scaled by
+    /// `faults`, until `heal_at`) that a spot instance, once running, gets
+    /// an interruption warning some time later (sometimes after a rebalance
+    /// recommendation) and is reclaimed two minutes after the warning; a
+    /// job running on it then fails. Turns `ec2_events` on.
+    pub spot_interruption_weight: f64,
+    /// The world delivers EC2 events (EventBridge into SQS, at least once)
+    /// to `SimCloud::poll_events` ([`crate::adapters::SimCloud`]): spot interruption
+    /// warnings, rebalance recommendations and state changes of every
+    /// instance. Off: the cloud has no event feed.
+    pub ec2_events: bool,
+    /// GitHub hands a queued job to a runner no sooner than this after the
+    /// runner came online (0: at once). Tests use it to hold an idle runner.
+    pub assign_delay: Millis,
 }
 
 impl Default for WorldConfig {
@@ -57,6 +79,9 @@ impl Default for WorldConfig {
             describe_bucket: (100, 20.0),
             terminate_bucket: (100, 5.0),
             ssm_put_bucket: (40, 40.0),
+            spot_interruption_weight: 0.0,
+            ec2_events: false,
+            assign_delay: 0,
         }
     }
 }
@@ -71,6 +96,37 @@ pub enum Event {
     JobDone(u64),
     PowerOff(String),
     Terminated(String),
+    /// EC2 sends a rebalance recommendation for a spot instance.
+    Rebalance(String),
+    /// EC2 sends a spot interruption warning; the instance is reclaimed
+    /// [`SPOT_NOTICE_MS`] later.
+    SpotWarning(String),
+    /// EC2 takes a spot instance back.
+    Reclaim(String),
+    /// GitHub looks for runners for queued jobs (after `assign_delay`).
+    Assign,
+}
+
+/// One EC2 event as EventBridge would put it on the queue.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SimEvent {
+    /// EventBridge `id`: the same for every delivery of one event.
+    pub id: String,
+    pub instance_id: String,
+    #[serde(skip)]
+    pub kind: CloudEventKind,
+    pub at: Millis,
+}
+
+/// One message on the simulated SQS queue.
+#[derive(Debug, Clone)]
+pub struct SimMessage {
+    /// SQS message id (one per copy put on the queue).
+    pub message_id: String,
+    pub event: SimEvent,
+    /// Invisible to receives until then.
+    pub visible_at: Millis,
+    pub receives: u32,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -90,6 +146,14 @@ pub struct SimJob {
     pub runs: u32,
     /// Its runner's machine went away under it.
     pub lost: bool,
+    /// `conclusion` once completed: `success`, or `failure` when lost.
+    pub conclusion: Option<String>,
+    /// It was lost because EC2 reclaimed its spot instance.
+    pub interrupted: bool,
+    /// The job GitHub queued when this one was re-run (a new id, as a new
+    /// run attempt has), and the job this one re-runs.
+    pub rerun_as: Option<u64>,
+    pub rerun_of: Option<u64>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -103,6 +167,8 @@ pub struct SimRunner {
     pub job: Option<u64>,
     pub instance: Option<String>,
     pub jit: String,
+    /// When it came online.
+    pub online_at: Option<Millis>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -144,6 +210,9 @@ pub struct FaultCounts {
     pub webhooks_lost: u64,
     pub webhooks_duplicated: u64,
     pub webhooks_delayed: u64,
+    pub spot_interruptions: u64,
+    pub rebalance_recommendations: u64,
+    pub events_duplicated: u64,
     pub slow_boots: u64,
     pub broken_instances: u64,
     pub controller_restarts: u64,
@@ -196,6 +265,17 @@ pub struct World {
     pub violations: Violations,
     /// Launch ids the controller's store holds (checked at each launch call).
     pub recorded: Option<RecordedCheck>,
+    /// The EC2 event queue (when `ec2_events` or spot interruptions are on).
+    pub queue: Vec<SimMessage>,
+    /// Every event emitted, in order (tests look events up here).
+    pub events_sent: Vec<SimEvent>,
+    /// Re-run requests GitHub accepted, by the job re-run.
+    pub reruns: BTreeMap<u64, u32>,
+    /// Spot faults and event duplication draw from their own generator, so
+    /// a world without them replays exactly as before they existed.
+    event_rng: ChaCha8Rng,
+    next_event: u64,
+    next_rerun_job: u64,
     events: BinaryHeap<Reverse<(Millis, u64, usize)>>,
     event_slots: Vec<Option<Event>>,
     seq: u64,
@@ -207,6 +287,7 @@ pub struct World {
 impl World {
     pub fn new(cfg: WorldConfig) -> World {
         let rng = ChaCha8Rng::seed_from_u64(cfg.seed);
+        let event_rng = ChaCha8Rng::seed_from_u64(cfg.seed ^ 0x5b07_c0de_5b07_c0de);
         World {
             launch_bucket: TokenBucket::new(cfg.launch_bucket.0, cfg.launch_bucket.1, 0),
             describe_bucket: TokenBucket::new(cfg.describe_bucket.0, cfg.describe_bucket.1, 0),
@@ -227,6 +308,12 @@ impl World {
             calls: CallCounts::default(),
             violations: Violations::default(),
             recorded: None,
+            queue: Vec::new(),
+            events_sent: Vec::new(),
+            reruns: BTreeMap::new(),
+            event_rng,
+            next_event: 1,
+            next_rerun_job: 9_000_000_000,
             events: BinaryHeap::new(),
             event_slots: Vec::new(),
             seq: 0,
@@ -283,6 +370,10 @@ impl World {
                 runner: None,
                 runs: 0,
                 lost: false,
+                conclusion: None,
+                interrupted: false,
+                rerun_as: None,
+                rerun_of: None,
             },
         );
         self.schedule(at, Event::JobArrives(id));
@@ -338,7 +429,7 @@ impl World {
             labels: j.labels.clone(),
             status: j.status,
             runner_name: j.runner.clone(),
-            conclusion: (j.status == JobStatus::Completed).then(|| "success".to_string()),
+            conclusion: j.conclusion.clone(),
             at: self.now,
         };
         let delivery = format!("d-{}", self.next_delivery);
@@ -408,6 +499,10 @@ impl World {
                     return;
                 }
                 inst.state = InstanceState::Running;
+                let spot = inst.market == CapacityMarket::Spot;
+                if spot {
+                    self.maybe_interrupt(&id);
+                }
                 let mut boot = self.between(self.cfg.boot_time);
                 if self.fault(0.1) {
                     self.faults.slow_boots += 1;
@@ -419,12 +514,34 @@ impl World {
             Event::RunnerOnline(rid) => {
                 if let Some(r) = self.runners.get_mut(&rid) {
                     r.online = true;
+                    r.online_at = Some(self.now);
                 }
-                self.assign();
+                if self.cfg.assign_delay > 0 {
+                    self.schedule(self.now + self.cfg.assign_delay, Event::Assign);
+                } else {
+                    self.assign();
+                }
             }
             Event::JobDone(job_id) => self.job_done(job_id),
             Event::PowerOff(id) => self.power_off(&id),
+            Event::Rebalance(id) => {
+                if self.instances.get(&id).is_some_and(|i| !i.state.is_gone()) {
+                    self.send_event(&id, CloudEventKind::RebalanceRecommendation);
+                }
+            }
+            Event::SpotWarning(id) => {
+                self.interrupt_spot(&id);
+            }
+            Event::Reclaim(id) => self.reclaim(&id),
+            Event::Assign => self.assign(),
             Event::Terminated(id) => {
+                if self
+                    .instances
+                    .get(&id)
+                    .is_some_and(|i| i.state != InstanceState::Terminated)
+                {
+                    self.send_event(&id, CloudEventKind::StateChange(InstanceState::Terminated));
+                }
                 if let Some(inst) = self.instances.get_mut(&id) {
                     inst.state = InstanceState::Terminated;
                     inst.gone_at.get_or_insert(self.now);
@@ -495,6 +612,11 @@ impl World {
                 .runners
                 .values()
                 .filter(|r| r.online && !r.busy && r.job.is_none())
+                .filter(|r| {
+                    self.cfg.assign_delay == 0
+                        || r.online_at
+                            .is_some_and(|t| t + self.cfg.assign_delay <= self.now)
+                })
                 .filter(|r| r.scope.admits(&job.repo) && satisfies(&r.labels, &job.labels))
                 .map(|r| r.id)
                 .collect();
@@ -526,6 +648,7 @@ impl World {
         }
         job.status = JobStatus::Completed;
         job.completed_at = Some(self.now);
+        job.conclusion = Some("success".into());
         let started = job.started_at.unwrap_or(self.now);
         self.webhook(job_id);
         // The ephemeral runner deregisters itself and exits; the boot script powers off.
@@ -546,6 +669,15 @@ impl World {
     }
 
     fn power_off(&mut self, id: &str) {
+        self.shut_down(id, false);
+    }
+
+    /// The instance shuts down: by its own power-off, the controller's
+    /// termination, or (`reclaimed`) EC2 taking a spot instance back.
+    fn shut_down(&mut self, id: &str, reclaimed: bool) {
+        if self.instances.get(id).is_some_and(|i| !i.state.is_gone()) {
+            self.send_event(id, CloudEventKind::StateChange(InstanceState::ShuttingDown));
+        }
         let Some(inst) = self.instances.get_mut(id) else {
             return;
         };
@@ -564,11 +696,15 @@ impl World {
             r.online = false;
             if let Some(job_id) = r.job.take() {
                 r.busy = false;
-                self.violations.busy_killed += 1;
+                if !reclaimed {
+                    self.violations.busy_killed += 1;
+                }
                 if let Some(job) = self.jobs.get_mut(&job_id) {
                     job.status = JobStatus::Completed;
                     job.completed_at = Some(self.now);
                     job.lost = true;
+                    job.interrupted = reclaimed;
+                    job.conclusion = Some("failure".into());
                 }
                 self.webhook(job_id);
             }
@@ -578,6 +714,143 @@ impl World {
     /// Terminates on request (from the controller).
     pub fn terminate(&mut self, id: &str) {
         self.power_off(id);
+    }
+
+    /// Whether the world has an EC2 event feed.
+    pub fn events_enabled(&self) -> bool {
+        self.cfg.ec2_events || self.cfg.spot_interruption_weight > 0.0
+    }
+
+    /// Whether a fault of the event classes fires now (their own generator).
+    fn event_fault(&mut self, weight: f64) -> bool {
+        self.now < self.cfg.heal_at
+            && self.cfg.faults > 0.0
+            && weight > 0.0
+            && self
+                .event_rng
+                .random_bool((self.cfg.faults * weight).clamp(0.0, 1.0))
+    }
+
+    /// The spot-interruption fault: a spot instance that just started may
+    /// get a warning later (sometimes after a rebalance recommendation).
+    fn maybe_interrupt(&mut self, id: &str) {
+        let weight = self.cfg.spot_interruption_weight;
+        if !self.event_fault(weight) {
+            return;
+        }
+        self.faults.spot_interruptions += 1;
+        let (lo, hi) = (10_000, 6 * 60 * 1000);
+        let warn_at = self.now + self.event_rng.random_range(lo..=hi);
+        if self.event_rng.random_bool(0.3) {
+            self.faults.rebalance_recommendations += 1;
+            self.schedule(
+                warn_at.saturating_sub(30_000),
+                Event::Rebalance(id.to_string()),
+            );
+        }
+        self.schedule(warn_at, Event::SpotWarning(id.to_string()));
+    }
+
+    /// EC2 warns that it takes a spot instance back in two minutes, and does.
+    /// Returns the event id (`None`: the instance is gone or not spot).
+    pub fn interrupt_spot(&mut self, id: &str) -> Option<String> {
+        let inst = self.instances.get(id)?;
+        if inst.state.is_gone() || inst.market != CapacityMarket::Spot {
+            return None;
+        }
+        let ev = self.send_event(
+            id,
+            CloudEventKind::SpotInterruption {
+                action: "terminate".into(),
+            },
+        );
+        self.schedule(self.now + SPOT_NOTICE_MS, Event::Reclaim(id.to_string()));
+        ev
+    }
+
+    /// EC2 takes a spot instance back: it shuts down under whatever runs on it.
+    pub fn reclaim(&mut self, id: &str) {
+        self.shut_down(id, true);
+    }
+
+    /// Puts an EC2 event about `instance_id` on the queue (when the world
+    /// has a feed); returns its id. Under faults a copy may be delivered twice.
+    pub fn send_event(&mut self, instance_id: &str, kind: CloudEventKind) -> Option<String> {
+        if !self.events_enabled() {
+            return None;
+        }
+        let id = format!("ev-{:08}", self.next_event);
+        self.next_event += 1;
+        let ev = SimEvent {
+            id: id.clone(),
+            instance_id: instance_id.to_string(),
+            kind,
+            at: self.now,
+        };
+        self.events_sent.push(ev.clone());
+        let delay = 200 + self.event_rng.random_range(0..800);
+        self.enqueue(ev.clone(), self.now + delay);
+        if self.event_fault(0.2) {
+            self.faults.events_duplicated += 1;
+            let later = self.now + delay + self.event_rng.random_range(100..20_000);
+            self.enqueue(ev, later);
+        }
+        Some(id)
+    }
+
+    /// Delivers an already sent event once more (EventBridge and SQS
+    /// deliver at least once): a new message with the same event.
+    pub fn redeliver(&mut self, event_id: &str) -> bool {
+        let Some(ev) = self.events_sent.iter().find(|e| e.id == event_id).cloned() else {
+            return false;
+        };
+        self.enqueue(ev, self.now);
+        true
+    }
+
+    fn enqueue(&mut self, event: SimEvent, visible_at: Millis) {
+        let message_id = format!("m-{:08}", self.next_event);
+        self.next_event += 1;
+        self.queue.push(SimMessage {
+            message_id,
+            event,
+            visible_at,
+            receives: 0,
+        });
+    }
+
+    /// GitHub re-runs a completed job: a new job (new id, same run, labels
+    /// and repository) is queued now. A job not completed, or already
+    /// re-run, cannot be (GitHub answers 403).
+    pub fn rerun(&mut self, repo: &str, job_id: u64) -> Result<u64, String> {
+        let Some(j) = self.jobs.get(&job_id).filter(|j| j.repo == repo) else {
+            return Err(format!("job {job_id} not found in {repo}"));
+        };
+        if j.status != JobStatus::Completed || j.rerun_as.is_some() {
+            return Err(format!("job {job_id} cannot be re-run now (403)"));
+        }
+        let (run_id, labels) = (j.run_id, j.labels.clone());
+        let new_id = self.next_rerun_job;
+        self.next_rerun_job += 1;
+        *self.reruns.entry(job_id).or_default() += 1;
+        let now = self.now;
+        self.add_job(new_id, run_id, repo, labels, now);
+        if let Some(new) = self.jobs.get_mut(&new_id) {
+            new.rerun_of = Some(job_id);
+        }
+        if let Some(old) = self.jobs.get_mut(&job_id) {
+            old.rerun_as = Some(new_id);
+        }
+        Ok(new_id)
+    }
+
+    /// The last job of `job_id`'s re-run chain (itself when never re-run).
+    pub fn final_attempt(&self, job_id: u64) -> Option<&SimJob> {
+        let mut j = self.jobs.get(&job_id)?;
+        while let Some(next) = j.rerun_as.and_then(|n| self.jobs.get(&n)) {
+            j = next;
+        }
+        Some(j)
     }
 
     /// Deletes a runner registration (from the controller). A JIT runner

@@ -29,8 +29,9 @@ use proptest::strategy::ValueTree;
 use proptest::test_runner::TestRunner;
 use runfleet_core::config::CapacityMarket;
 use runfleet_core::model::{
-    ErrorKind, Instance, InstanceState, IntakeEvent, Job, JobEvent, JobState, JobStatus, Launch,
-    LaunchState, Millis, Scope, StartRequest, TerminateReason,
+    ErrorKind, Instance, InstanceState, IntakeEvent, Interruption, InterruptionKind, Job, JobEvent,
+    JobState, JobStatus, Launch, LaunchState, Millis, Offering, Scope, StartRequest,
+    TerminateReason,
 };
 use runfleet_engine::memstore::MemStore;
 use runfleet_engine::ports::{Fence, Intake, Mutation, Snapshot, Store, TimelineEvent};
@@ -186,6 +187,8 @@ pub fn instance(id: &str, launch_id: Option<&str>) -> Instance {
         job_done_at: None,
         terminate_requested_at: None,
         terminate_reason: None,
+        offering: None,
+        interruption: None,
     }
 }
 
@@ -341,6 +344,8 @@ pub fn arb_job(id: impl Strategy<Value = u64>) -> impl Strategy<Value = Job> {
                 reason,
                 launches,
                 retry_at,
+                conclusion: None,
+                rerun_requested_at: None,
             },
         )
 }
@@ -420,6 +425,7 @@ pub fn arb_instance(id: impl Strategy<Value = String>) -> impl Strategy<Value = 
         TerminateReason::Orphan,
         TerminateReason::Idle,
         TerminateReason::PoolRemoved,
+        TerminateReason::Interrupted,
     ]);
     (
         (
@@ -467,6 +473,8 @@ pub fn arb_instance(id: impl Strategy<Value = String>) -> impl Strategy<Value = 
                 job_done_at,
                 terminate_requested_at,
                 terminate_reason,
+                offering: None,
+                interruption: None,
             },
         )
 }
@@ -899,6 +907,8 @@ pub async fn load_round_trips_every_field(db: &dyn TestDb) {
         reason: Some(String::new()),
         launches: u32::MAX,
         retry_at: 1,
+        conclusion: Some(awkward.into()),
+        rerun_requested_at: Some(u64::MAX),
     };
     let l = Launch {
         id: awkward.into(),
@@ -930,6 +940,15 @@ pub async fn load_round_trips_every_field(db: &dyn TestDb) {
         job_done_at: Some(0),
         terminate_requested_at: Some(i64::MAX as u64 + 7),
         terminate_reason: Some(TerminateReason::PoolRemoved),
+        offering: Some(Offering {
+            instance_type: "m7i.large".into(),
+            subnet: Some(awkward.into()),
+            market: CapacityMarket::Spot,
+        }),
+        interruption: Some(Interruption {
+            kind: InterruptionKind::SpotWarning,
+            at: u64::MAX,
+        }),
     };
     let plain_job = job(3, JobState::Ignored);
     let plain_launch = launch("a-launch", None);

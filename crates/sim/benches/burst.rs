@@ -1,0 +1,106 @@
+//! Burst: N jobs queued at once in the simulator, with EC2's request token
+//! buckets modelled (RunInstances 5 burst, 2 per second refill; the world
+//! rejects what the bucket does not allow). Prints a table: the time until
+//! every launch call is made, as a ratio of the theoretical minimum the
+//! buckets allow, and the API calls per job, GitHub and AWS separately.
+//!
+//! `cargo bench -p runfleet-sim --bench burst [-- JOBS]` (default 2000).
+
+use std::time::Instant;
+
+use runfleet_sim::world::WorldConfig;
+use runfleet_sim::{SimOptions, demo_config, run};
+
+fn main() {
+    let jobs: usize = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with("--"))
+        .find_map(|a| a.parse().ok())
+        .unwrap_or(2000);
+    let mut cfg = demo_config();
+    // Room for every job at once: this measures the launch path, not the cap.
+    for p in &mut cfg.pools {
+        p.max_runners = jobs as u32;
+    }
+    let world = WorldConfig::default();
+    let (burst, refill) = world.launch_bucket;
+    let opts = SimOptions {
+        jobs,
+        seed: 1,
+        arrival_window: 0,
+        world,
+        ..SimOptions::default()
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let wall = Instant::now();
+    let s = rt
+        .block_on(run(&opts, cfg, &mut |_| {}))
+        .expect("the simulation runs");
+    let wall = wall.elapsed();
+    assert!(s.ok(), "invariants failed: {:?}", s.failures());
+
+    // One instance per RunInstances call: the request bucket is the floor.
+    let floor_calls_s = (jobs as f64 - f64::from(burst)).max(0.0) / refill;
+    // EC2's instance bucket (1,000 burst, 2 per second) would be the floor
+    // for calls that start many instances each.
+    let floor_instances_s = (jobs as f64 - 1000.0).max(0.0) / 2.0;
+    let (first, last) = s.launch_calls_ms;
+    let span_s = last.saturating_sub(first) as f64 / 1000.0;
+    let by = |m: &std::collections::BTreeMap<String, u64>| {
+        m.iter()
+            .map(|(k, v)| format!("{k} {:.2}", *v as f64 / jobs as f64))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    println!(
+        "| burst of {jobs} jobs (simulated EC2 buckets: RunInstances {burst} burst, {refill}/s) | value |"
+    );
+    println!("|---|---|");
+    println!("| first to last launch call (virtual time) | {span_s:.1} s |");
+    println!("| theoretical minimum, one instance per call | {floor_calls_s:.1} s |");
+    println!(
+        "| ratio of the limit (minimum / measured) | {:.1} % |",
+        if span_s > 0.0 {
+            100.0 * floor_calls_s / span_s
+        } else {
+            100.0
+        }
+    );
+    println!(
+        "| minimum with many instances per call (instance bucket 1000, 2/s) | {floor_instances_s:.1} s |"
+    );
+    println!("| instances launched | {} |", s.instances_launched);
+    println!(
+        "| GitHub calls per job | {:.2} ({}) |",
+        s.calls.github as f64 / jobs as f64,
+        by(&s.calls.github_by_op)
+    );
+    println!(
+        "| AWS calls per job | {:.2} |",
+        s.calls.aws as f64 / jobs as f64
+    );
+    println!(
+        "| AWS mutating calls per job | {:.2} |",
+        s.calls.aws_mutating as f64 / jobs as f64
+    );
+    println!(
+        "| AWS calls by operation, per job | {} |",
+        by(&s.calls.aws_by_op)
+    );
+    println!(
+        "| EC2 throttling errors | {} |",
+        s.faults_injected.ec2_throttled
+    );
+    println!("| terminations by reason | {:?} |", s.terminations);
+    println!(
+        "| queued -> started p50 / p99 (virtual) | {:.1} s / {:.1} s |",
+        s.queue_to_start_ms.p50 as f64 / 1000.0,
+        s.queue_to_start_ms.p99 as f64 / 1000.0
+    );
+    println!(
+        "| wall time of the simulation | {:.2} s |",
+        wall.as_secs_f64()
+    );
+}
