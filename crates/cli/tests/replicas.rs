@@ -287,7 +287,16 @@ async fn the_leader_killed_mid_burst_loses_no_job_and_launches_none_twice() {
     let first = single_leader(&replicas, &http, Duration::from_secs(30)).await;
     let mut followers = 0;
     for r in replicas.iter().flatten() {
-        let status = r.status(&http).await;
+        // Each replica publishes its lease view as soon as its driver runs.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let status = loop {
+            let status = r.status(&http).await;
+            if status["health"]["lease"].is_object() {
+                break status;
+            }
+            assert!(Instant::now() < deadline, "no lease view: {status}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
         let lease = &status["health"]["lease"];
         assert!(lease["replica"].as_str().is_some_and(|s| !s.is_empty()));
         if lease["leader"].as_bool() == Some(false) {

@@ -126,6 +126,9 @@ async fn drive_replica(
     // The epoch whose state the engine holds and acts on.
     let mut acting: Option<u64> = None;
     let mut next_refresh = 0;
+    // Say at once that this replica does not lead (yet).
+    engine.set_lease_view(Some(lease.view()));
+    publish(&mut engine);
     loop {
         if *shutdown.borrow() {
             break;
@@ -138,6 +141,9 @@ async fn drive_replica(
                         Ok(()) => {
                             acting = Some(epoch);
                             next_reconcile = 0;
+                            // Leading shows before the first reconcile ends.
+                            engine.set_lease_view(Some(lease.view()));
+                            publish(&mut engine);
                         }
                         Err(e) => {
                             error!(error = %e, "cannot reload the state to lead");
