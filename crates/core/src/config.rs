@@ -161,6 +161,10 @@ pub struct ServerConfig {
     pub reconcile_interval: Duration,
     pub completed_grace: Duration,
     pub boot_timeout: Duration,
+    /// Several `serve` replicas on one PostgreSQL store: the leadership
+    /// lease's period. The leader renews it every third of it; a replica
+    /// takes over at most this long (plus a third) after the leader died.
+    pub lease_ttl: Duration,
 }
 
 impl fmt::Debug for ServerConfig {
@@ -171,6 +175,7 @@ impl fmt::Debug for ServerConfig {
             .field("reconcile_interval", &self.reconcile_interval)
             .field("completed_grace", &self.completed_grace)
             .field("boot_timeout", &self.boot_timeout)
+            .field("lease_ttl", &self.lease_ttl)
             .finish()
     }
 }
@@ -534,6 +539,7 @@ struct RawServer {
     reconcile_interval: Option<RawStr>,
     completed_grace: Option<RawStr>,
     boot_timeout: Option<RawStr>,
+    lease_ttl: Option<RawStr>,
 }
 
 #[derive(Deserialize)]
@@ -653,7 +659,7 @@ impl<'de> Deserialize<'de> for RawBool {
 ///
 /// Defaults: `server.listen` "127.0.0.1:8080", `server.store`
 /// "sqlite://runfleet.db", `reconcile_interval` 30s, `completed_grace` 60s,
-/// `boot_timeout` 10m; `github.api_url` `"https://api.github.com"`, `poll`
+/// `boot_timeout` 10m, `lease_ttl` 15s; `github.api_url` `"https://api.github.com"`, `poll`
 /// false; per pool `subnets` [] (the launch template's), `market`
 /// "on-demand" (never a spot interruption unless asked for), `os` "linux",
 /// `arch` "x64", `max_runners` 10, `warm` 0, `runner_scope` "repo",
@@ -1281,6 +1287,7 @@ impl Cx<'_> {
             reconcile_interval: None,
             completed_grace: None,
             boot_timeout: None,
+            lease_ttl: None,
         };
         let r = raw.map(Spanned::get_ref).unwrap_or(&empty);
         let listen = match self.opt_string("server.listen", r.listen.as_ref())? {
@@ -1325,6 +1332,14 @@ impl Cx<'_> {
                     "server.boot_timeout",
                     r.boot_timeout.as_ref(),
                     Duration::from_secs(600),
+                    false,
+                )?
+                .v,
+            lease_ttl: self
+                .duration(
+                    "server.lease_ttl",
+                    r.lease_ttl.as_ref(),
+                    Duration::from_secs(15),
                     false,
                 )?
                 .v,

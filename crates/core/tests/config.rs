@@ -209,6 +209,7 @@ fn defaults_fill_everything_optional() {
     assert_eq!(c.server.reconcile_interval, Duration::from_secs(30));
     assert_eq!(c.server.completed_grace, Duration::from_secs(60));
     assert_eq!(c.server.boot_timeout, Duration::from_secs(600));
+    assert_eq!(c.server.lease_ttl, Duration::from_secs(15));
     assert_eq!(c.github.api_url, "https://api.github.com");
     assert!(!c.github.poll);
     assert_eq!(c.aws.region, None);
@@ -514,6 +515,15 @@ fn bad_durations() {
         "pool[1].max_lifetime",
         "pool[1].max_lifetime: must be longer than zero",
     );
+    let text = edit(&[("boot_timeout = \"10m\"", "lease_ttl = \"0s\"")]);
+    assert_error(
+        &text,
+        "lease_ttl",
+        "server.lease_ttl",
+        "server.lease_ttl: must be longer than zero",
+    );
+    let text = edit(&[("boot_timeout = \"10m\"", "lease_ttl = \"2s\"")]);
+    assert_eq!(ok(&text).server.lease_ttl, Duration::from_secs(2));
     // Zero grace is meaningful: terminate as soon as the job completed.
     let text = edit(&[("boot_timeout = \"10m\"", "completed_grace = \"0s\"")]);
     assert_eq!(ok(&text).server.completed_grace, Duration::ZERO);

@@ -53,6 +53,7 @@ fn config(max: [u32; 3], scope_org: bool) -> Config {
             reconcile_interval: Duration::from_secs(30),
             completed_grace: Duration::from_secs(60),
             boot_timeout: Duration::from_secs(600),
+            lease_ttl: Duration::from_secs(15),
         },
         github: GithubConfig {
             api_url: "https://api.github.com".into(),

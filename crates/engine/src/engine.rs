@@ -54,6 +54,11 @@ pub struct EngineOptions {
     /// store does not know. One request per repository per reconcile, so
     /// `reap` uses it and `serve` does not.
     pub list_all_scopes: bool,
+    /// Several replicas on one store: act only while holding this lease
+    /// (the driver's concern; the store given to the engine should be a
+    /// [`crate::lease::LeasedStore`] on the same lease). `None`: the only
+    /// replica, always acting.
+    pub lease: Option<crate::lease::Lease>,
 }
 
 impl Default for EngineOptions {
@@ -63,6 +68,7 @@ impl Default for EngineOptions {
             launch_bucket: (5, 2.0),
             max_rounds: 6,
             list_all_scopes: false,
+            lease: None,
         }
     }
 }
@@ -112,6 +118,8 @@ pub struct Health {
     pub github_error: Option<String>,
     pub cloud_error: Option<String>,
     pub store_error: Option<String>,
+    /// With several replicas: whether this one leads. `None`: the only one.
+    pub lease: Option<crate::lease::LeaseView>,
 }
 
 impl Health {
@@ -133,9 +141,18 @@ impl Health {
             Err(e) => self.cloud_error = Some(e.to_string()),
         }
     }
-    /// Ready: every dependency reached at least once.
+    /// Ready: every dependency reached at least once. A replica that does
+    /// not lead only takes intake, so for it the store is enough.
     pub fn ready(&self) -> bool {
-        self.github_reached && self.cloud_reached && self.store_reached
+        match &self.lease {
+            Some(l) if !l.leader => self.store_reached,
+            _ => self.github_reached && self.cloud_reached && self.store_reached,
+        }
+    }
+
+    /// Whether this replica leads (the only replica always does).
+    pub fn leader(&self) -> bool {
+        self.lease.as_ref().is_none_or(|l| l.leader)
     }
 }
 
@@ -165,6 +182,23 @@ enum Outcome {
         job_id: u64,
         result: PortResult<()>,
     },
+}
+
+/// The state as the store holds it, before any listing.
+fn observed_from(jobs: Vec<Job>, launches: Vec<Launch>, instances: Vec<Instance>) -> Observed {
+    let mut obs = Observed {
+        jobs: jobs.into_iter().map(|j| (j.id, j)).collect(),
+        launches: launches.into_iter().map(|l| (l.id.clone(), l)).collect(),
+        instances: instances.into_iter().map(|i| (i.id.clone(), i)).collect(),
+        ..Observed::default()
+    };
+    obs.params = obs
+        .instances
+        .values()
+        .filter(|i| i.param_present)
+        .map(|i| i.id.clone())
+        .collect();
+    obs
 }
 
 /// The controller. Holds its state in memory, writes every change through
@@ -198,26 +232,7 @@ impl Engine {
         now: Millis,
     ) -> PortResult<Engine> {
         let snap = store.load().await?;
-        let mut obs = Observed {
-            jobs: snap.jobs.into_iter().map(|j| (j.id, j)).collect(),
-            launches: snap
-                .launches
-                .into_iter()
-                .map(|l| (l.id.clone(), l))
-                .collect(),
-            instances: snap
-                .instances
-                .into_iter()
-                .map(|i| (i.id.clone(), i))
-                .collect(),
-            ..Observed::default()
-        };
-        obs.params = obs
-            .instances
-            .values()
-            .filter(|i| i.param_present)
-            .map(|i| i.id.clone())
-            .collect();
+        let obs = observed_from(snap.jobs, snap.launches, snap.instances);
         let user_data = cfg
             .pools
             .iter()
@@ -280,6 +295,29 @@ impl Engine {
     /// Records that the store failed (readiness shows it).
     pub fn note_store_error(&mut self, e: &PortError) {
         self.health.store_error = Some(e.to_string());
+    }
+
+    /// The options it was built with.
+    pub fn options(&self) -> &EngineOptions {
+        &self.opts
+    }
+
+    /// Records what the lease looks like (status page, readiness).
+    pub fn set_lease_view(&mut self, view: Option<crate::lease::LeaseView>) {
+        self.health.lease = view;
+    }
+
+    /// Replaces the in-memory state with what the store holds (a replica
+    /// that starts leading, or a follower refreshing its status view).
+    /// Runners, parameters and other observations not kept in the store
+    /// come back with the next reconcile.
+    pub async fn reload(&mut self) -> PortResult<()> {
+        let snap = self.store.load().await?;
+        self.health.store_reached = true;
+        self.health.store_error = None;
+        self.obs = observed_from(snap.jobs, snap.launches, snap.instances);
+        self.cursor = snap.cursor;
+        Ok(())
     }
 
     /// The durable store this engine writes through.

@@ -7,7 +7,9 @@ use std::sync::Mutex;
 use async_trait::async_trait;
 use runfleet_core::model::{Instance, IntakeEvent, Job, Launch};
 
-use crate::ports::{Intake, Mutation, PortResult, Snapshot, Store, TimelineEvent};
+use crate::ports::{
+    Fence, Intake, LeaseInfo, Mutation, PortResult, Snapshot, Store, TimelineEvent,
+};
 
 #[derive(Default)]
 struct Inner {
@@ -19,6 +21,55 @@ struct Inner {
     instances: BTreeMap<String, Instance>,
     cursor: u64,
     timeline: Vec<TimelineEvent>,
+    lease: Option<LeaseInfo>,
+}
+
+impl Inner {
+    fn apply(&mut self, batch: &[Mutation]) {
+        for m in batch {
+            match m {
+                Mutation::PutJob(job) => {
+                    self.jobs.insert(job.id, job.clone());
+                }
+                Mutation::PutLaunch(l) => {
+                    self.launches.insert(l.id.clone(), l.clone());
+                }
+                Mutation::PutInstance(i) => {
+                    self.instances.insert(i.id.clone(), i.clone());
+                }
+                Mutation::DropInstance(id) => {
+                    self.instances.remove(id);
+                }
+                Mutation::DropJob(id) => {
+                    self.jobs.remove(id);
+                    self.launches.retain(|_, l| l.job_id != Some(*id));
+                }
+                Mutation::Cursor(c) => self.cursor = *c,
+                Mutation::Timeline(t) => self.timeline.push(t.clone()),
+            }
+        }
+    }
+}
+
+/// The lease rule every store implements: `Some(epoch)` if `holder` may
+/// have the lease `current` now, with the new lease to store.
+pub fn lease_rule(
+    current: Option<&LeaseInfo>,
+    holder: &str,
+    ttl_ms: u64,
+    now_ms: u64,
+) -> Option<LeaseInfo> {
+    let epoch = match current {
+        None => 1,
+        Some(l) if l.holder == holder => l.epoch,
+        Some(l) if l.expires_at <= now_ms => l.epoch + 1,
+        Some(_) => return None,
+    };
+    Some(LeaseInfo {
+        holder: holder.to_owned(),
+        epoch,
+        expires_at: now_ms.saturating_add(ttl_ms),
+    })
 }
 
 /// Everything in one mutex; `apply` is atomic because it holds it.
@@ -67,29 +118,39 @@ impl Store for MemStore {
     }
 
     async fn apply(&self, batch: &[Mutation]) -> PortResult<()> {
+        self.inner.lock().unwrap().apply(batch);
+        Ok(())
+    }
+
+    async fn try_lease(&self, holder: &str, ttl_ms: u64, now_ms: u64) -> PortResult<Option<u64>> {
         let mut g = self.inner.lock().unwrap();
-        for m in batch {
-            match m {
-                Mutation::PutJob(job) => {
-                    g.jobs.insert(job.id, job.clone());
-                }
-                Mutation::PutLaunch(l) => {
-                    g.launches.insert(l.id.clone(), l.clone());
-                }
-                Mutation::PutInstance(i) => {
-                    g.instances.insert(i.id.clone(), i.clone());
-                }
-                Mutation::DropInstance(id) => {
-                    g.instances.remove(id);
-                }
-                Mutation::DropJob(id) => {
-                    g.jobs.remove(id);
-                    g.launches.retain(|_, l| l.job_id != Some(*id));
-                }
-                Mutation::Cursor(c) => g.cursor = *c,
-                Mutation::Timeline(t) => g.timeline.push(t.clone()),
-            }
+        Ok(
+            lease_rule(g.lease.as_ref(), holder, ttl_ms, now_ms).map(|l| {
+                let epoch = l.epoch;
+                g.lease = Some(l);
+                epoch
+            }),
+        )
+    }
+
+    async fn release_lease(&self, holder: &str) -> PortResult<()> {
+        let mut g = self.inner.lock().unwrap();
+        if let Some(l) = g.lease.as_mut().filter(|l| l.holder == holder) {
+            l.expires_at = 0;
         }
+        Ok(())
+    }
+
+    async fn lease(&self) -> PortResult<Option<LeaseInfo>> {
+        Ok(self.inner.lock().unwrap().lease.clone())
+    }
+
+    async fn apply_fenced(&self, fence: &Fence, batch: &[Mutation]) -> PortResult<()> {
+        let mut g = self.inner.lock().unwrap();
+        if !fence.holds(g.lease.as_ref()) {
+            return Err(fence.refused(g.lease.as_ref()));
+        }
+        g.apply(batch);
         Ok(())
     }
 

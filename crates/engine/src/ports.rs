@@ -28,7 +28,22 @@ impl PortError {
             retry_after_ms: None,
         }
     }
+
+    /// A write refused because its writer no longer holds the lease it
+    /// names ([`Store::apply_fenced`]): kind `Invalid` (retrying the same
+    /// batch cannot help), message starting with [`FENCED`].
+    pub fn fenced(message: impl AsRef<str>) -> Self {
+        PortError::new(ErrorKind::Invalid, format!("{FENCED}{}", message.as_ref()))
+    }
+
+    /// Whether this is a [`PortError::fenced`] refusal.
+    pub fn is_fenced(&self) -> bool {
+        self.kind == ErrorKind::Invalid && self.message.starts_with(FENCED)
+    }
 }
+
+/// How the message of a fenced write refusal starts.
+pub const FENCED: &str = "fenced: ";
 
 pub type PortResult<T> = Result<T, PortError>;
 
@@ -252,8 +267,56 @@ pub enum Intake {
     Duplicate,
 }
 
+/// Who may write through [`Store::apply_fenced`]: the holder of the
+/// leadership lease and the epoch [`Store::try_lease`] gave it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Fence {
+    pub holder: String,
+    pub epoch: u64,
+}
+
+impl Fence {
+    /// The refusal of a write under this fence when the lease is `current`.
+    pub fn refused(&self, current: Option<&LeaseInfo>) -> PortError {
+        let now = match current {
+            Some(l) => format!("held by {} at epoch {}", l.holder, l.epoch),
+            None => "never taken".to_owned(),
+        };
+        PortError::fenced(format!(
+            "{} no longer holds the leadership lease at epoch {} (it is {now}); the batch was not stored",
+            self.holder, self.epoch
+        ))
+    }
+
+    /// Whether the stored lease still is this fence's.
+    pub fn holds(&self, current: Option<&LeaseInfo>) -> bool {
+        current.is_some_and(|l| l.holder == self.holder && l.epoch == self.epoch)
+    }
+}
+
+/// The leadership lease as stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaseInfo {
+    pub holder: String,
+    pub epoch: u64,
+    /// Milliseconds since the epoch, on the clock of the holder that last
+    /// took or renewed it.
+    pub expires_at: Millis,
+}
+
 /// Durable state. Implementations: in-memory (tests, simulator), SQLite,
 /// PostgreSQL.
+///
+/// # Several replicas: the lease
+///
+/// Any number of `serve` replicas may intake into one store, but only the
+/// holder of the one leadership lease decides and acts. [`Store::try_lease`]
+/// takes or renews it; every write of the leader goes through
+/// [`Store::apply_fenced`], which the store refuses, storing nothing of the
+/// batch, unless the lease row still names that holder and epoch. The check
+/// and the writes are one transaction, and taking the lease is serialised
+/// with it, so once another replica took the lease (epoch + 1) no write of
+/// the old leader lands, however late it arrives.
 #[async_trait]
 pub trait Store: Send + Sync {
     /// Durably records an intake event under a delivery id (webhook
@@ -275,4 +338,52 @@ pub trait Store: Send + Sync {
     async fn apply(&self, batch: &[Mutation]) -> PortResult<()>;
     /// Recent timeline entries, newest last.
     async fn timeline(&self, job_id: Option<u64>, limit: usize) -> PortResult<Vec<TimelineEvent>>;
+
+    /// Resolves when intake may have been stored through another handle on
+    /// this store (another replica): the leader then steps at once instead
+    /// of at its next tick. The default never resolves: a lone process is
+    /// woken by its own intake. Spurious wake-ups are allowed.
+    async fn intake_stored_elsewhere(&self) {
+        std::future::pending::<()>().await
+    }
+
+    /// Takes or renews the leadership lease for `holder` until `now_ms +
+    /// ttl_ms` and answers its epoch; `None` while another holder's lease
+    /// has not expired (`expires_at > now_ms`). A renewal by the same holder
+    /// keeps the epoch (even after its expiry, as long as nobody else took
+    /// it in between); another holder gets epoch + 1; the first lease ever is
+    /// epoch 1. `now_ms` is the caller's wall clock: replicas' clocks must
+    /// agree to well within a lease period for failover times to hold
+    /// (safety does not depend on clocks: see [`Store::apply_fenced`]).
+    async fn try_lease(&self, holder: &str, ttl_ms: u64, now_ms: u64) -> PortResult<Option<u64>> {
+        let _ = (holder, ttl_ms, now_ms);
+        Err(PortError::new(
+            ErrorKind::Invalid,
+            "this store does not support a leadership lease",
+        ))
+    }
+
+    /// Gives the lease up if `holder` holds it (it expires now, keeping its
+    /// epoch): another replica may take it at once. Not holding it is fine.
+    async fn release_lease(&self, holder: &str) -> PortResult<()> {
+        let _ = holder;
+        Ok(())
+    }
+
+    /// The lease as stored, if it was ever taken.
+    async fn lease(&self) -> PortResult<Option<LeaseInfo>> {
+        Ok(None)
+    }
+
+    /// [`Store::apply`], only if the lease is still held by `fence.holder`
+    /// at `fence.epoch` (whether or not it has expired: nobody else took
+    /// it). Otherwise nothing of the batch is stored and the answer is a
+    /// [`PortError::fenced`] error naming both holders.
+    async fn apply_fenced(&self, fence: &Fence, batch: &[Mutation]) -> PortResult<()> {
+        let _ = (fence, batch);
+        Err(PortError::new(
+            ErrorKind::Invalid,
+            "this store does not support a leadership lease",
+        ))
+    }
 }

@@ -143,6 +143,7 @@ async fn readyz(State(st): State<Arc<AppState>>) -> Response {
         "store": h.store_error.clone().unwrap_or_else(|| if h.store_reached { "ok".into() } else { "not reached yet".into() }),
         "github": h.github_error.clone().unwrap_or_else(|| if h.github_reached { "ok".into() } else { "not reached yet".into() }),
         "aws": h.cloud_error.clone().unwrap_or_else(|| if h.cloud_reached { "ok".into() } else { "not reached yet".into() }),
+        "leader": h.leader(),
     });
     let status = if h.ready() {
         StatusCode::OK

@@ -1,9 +1,11 @@
-//! Durable state for runfleet: the engine's [`Store`] trait on SQLite today,
-//! on PostgreSQL later, chosen by the config's `server.store` URL.
+//! Durable state for runfleet: the engine's [`Store`] trait on SQLite (one
+//! process) or PostgreSQL (several `serve` replicas), chosen by the config's
+//! `server.store` URL.
 //!
 //! **Owns**: the database schema and its versioned migrations, the mapping
 //! between the model types (`Job`, `Launch`, `Instance`, `JobEvent`,
-//! `TimelineEvent`) and rows, transactions and durability, the parsing of
+//! `TimelineEvent`) and rows, transactions and durability, the leadership
+//! lease's row and its fencing of writes, the parsing of
 //! `server.store` URLs, and the store conformance suite that every `Store`
 //! implementation must pass (`conformance`, feature `conformance`).
 //!
@@ -20,9 +22,10 @@
 //!   none; a `postgres://` URL's password is masked in every error.
 //!
 //! **Public boundary**: [`open`] (a URL to an `Arc<dyn Store>`),
-//! [`SqliteStore`] (`open`, `open_in_memory`, `path`), [`StoreUrl`],
-//! [`StoreError`], [`SCHEMA_VERSION`], and with the `conformance` feature the
-//! `conformance` suite.
+//! [`SqliteStore`] (`open`, `open_in_memory`, `path`), [`PgStore`] (`open`,
+//! `url`), [`StoreUrl`], [`StoreError`], [`SCHEMA_VERSION`], and with the
+//! `conformance` feature the `conformance` suite and `testpg` (a throwaway
+//! PostgreSQL cluster for tests).
 //!
 //! # Store URLs
 //!
@@ -31,10 +34,11 @@
 //! | `sqlite://runfleet.db` | the file `runfleet.db`, relative to the working directory |
 //! | `sqlite:///var/lib/runfleet/runfleet.db` | an absolute path (three slashes) |
 //! | `sqlite://:memory:` | a private in-memory database, lost on exit (tests, demos) |
-//! | `postgres://user:pass@host/db`, `postgresql://...` | PostgreSQL: not built yet, [`open`] says so |
+//! | `postgres://user:pass@host:5432/db`, `postgresql://...` | PostgreSQL (libpq URL syntax and options, e.g. `?sslmode=disable&connect_timeout=5`) |
 //!
-//! The path is literal: no percent-decoding, no `~`, no `?options`. The file
-//! is created if missing; its directory must exist.
+//! A SQLite path is literal: no percent-decoding, no `~`, no `?options`. The
+//! file is created if missing; its directory must exist. A PostgreSQL
+//! database must exist; its tables are created at the first open.
 //!
 //! # SQLite, and why rusqlite
 //!
@@ -79,23 +83,49 @@
 //! launch_id), `meta` (the cursor), `timeline`. Model `u64`s are stored as
 //! their i64 bit pattern, so every value round-trips.
 //!
-//! # For the PostgreSQL store
+//! # PostgreSQL, and why tokio-postgres
 //!
-//! The trait needs nothing new, but one promise is easy to miss: a sequence
-//! number that `intake_since` returns implies that every smaller one that
-//! will ever exist is already visible, because the engine moves its cursor
-//! past it. SQLite gives that for free (one writer at a time, seq assigned
-//! inside the write transaction). PostgreSQL sequences do not: two
-//! transactions may commit out of sequence order. Serialise intakes (e.g.
-//! `pg_advisory_xact_lock` or a one-row counter updated in the intake
-//! transaction) or read only below the oldest in-flight seq; the
-//! conformance case `tailing_intake_since_misses_nothing` checks it.
+//! tokio-postgres (no TLS, no ORM) rather than sqlx: the same reason as
+//! rusqlite above, exact control of transactions, plus pipelining (several
+//! statements in flight on one connection) and a small build. TLS is not
+//! built in: `sslmode=disable` and `prefer` connect in plain text and
+//! `sslmode=require` is refused with an error saying so; run the database on
+//! a private network or put a TLS-terminating proxy beside runfleet.
+//!
+//! - **Intake order**: a sequence number that `intake_since` returns implies
+//!   that every smaller one that will ever exist is already visible, because
+//!   the engine moves its cursor past it. PostgreSQL sequences do not give
+//!   that (two transactions may commit out of sequence order), so every
+//!   intake transaction takes one advisory lock before drawing its seq and
+//!   holds it to the commit: intakes of all replicas commit in seq order.
+//!   The conformance cases `tailing_intake_since_misses_nothing` and
+//!   `tailing_two_handles_misses_nothing` fail without the lock.
+//! - **Group commit**: intakes queued in one process are stored by one
+//!   writer task in one transaction (one lock, one commit), pipelined; if the
+//!   group fails each is tried alone. `apply` is one transaction with its
+//!   statements pipelined.
+//! - **Lease**: one row; `try_lease` locks it `FOR UPDATE`, a fenced `apply`
+//!   `FOR SHARE` in its own transaction, so a new epoch and an old leader's
+//!   write never interleave (see `runfleet_engine::lease`).
+//! - **Schema**: the same tables and meaning as SQLite's, versioned the same
+//!   way (`src/migrations/postgres/`, version in `runfleet_schema`, applied
+//!   under an advisory lock so replicas starting together migrate once). Keys
+//!   and free text are `BYTEA` (PostgreSQL text cannot hold NUL; model
+//!   strings can), records are JSON text.
+//! - **Measured** (durable cluster on loopback, 2 cores, debug build;
+//!   `cargo nextest run -p runfleet-store --test postgres measure_throughput
+//!   --run-ignored only --no-capture`): one intake at a time 3.4–4.7 ms (a
+//!   commit's fsync), 64 concurrent intakes 5,700–6,900/s with group commit
+//!   (265–440/s without), a 100-mutation `apply` 9 ms.
 
+pub mod postgres;
 pub mod sqlite;
 pub mod url;
 
 #[cfg(feature = "conformance")]
 pub mod conformance;
+#[cfg(feature = "conformance")]
+pub mod testpg;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -103,6 +133,7 @@ use std::sync::Arc;
 use runfleet_core::model::ErrorKind;
 use runfleet_engine::ports::{PortError, Store};
 
+pub use postgres::PgStore;
 pub use sqlite::{SCHEMA_VERSION, SqliteStore};
 pub use url::StoreUrl;
 
@@ -114,9 +145,10 @@ pub enum StoreError {
     /// `server.store` is not a URL this build understands.
     #[error("store URL {url}: {problem}")]
     Url { url: String, problem: String },
-    /// `postgres://` URLs parse, but the PostgreSQL store is not built yet.
-    #[error("store URL {url}: the PostgreSQL store is not built yet; use a sqlite:// store")]
-    PostgresNotBuilt { url: String },
+    /// The PostgreSQL server cannot be reached, refuses the login, or the
+    /// URL's options cannot be used. `url` has its password masked.
+    #[error("store {url}: {reason}")]
+    Postgres { url: String, reason: String },
     /// The file (or its directory) cannot be opened or created.
     #[error("store {}: {reason}", path.display())]
     Open { path: PathBuf, reason: String },
@@ -149,7 +181,7 @@ pub enum StoreError {
 impl From<StoreError> for PortError {
     fn from(e: StoreError) -> PortError {
         let kind = match e {
-            StoreError::Open { .. } => ErrorKind::Transient,
+            StoreError::Open { .. } | StoreError::Postgres { .. } => ErrorKind::Transient,
             _ => ErrorKind::Invalid,
         };
         PortError::new(kind, e.to_string())
@@ -162,6 +194,6 @@ pub async fn open(url: &str) -> Result<Arc<dyn Store>, StoreError> {
     match StoreUrl::parse(url)? {
         StoreUrl::SqliteFile(path) => Ok(Arc::new(SqliteStore::open(path).await?)),
         StoreUrl::SqliteMemory => Ok(Arc::new(SqliteStore::open_in_memory().await?)),
-        StoreUrl::Postgres { masked } => Err(StoreError::PostgresNotBuilt { url: masked }),
+        StoreUrl::Postgres { url, .. } => Ok(Arc::new(PgStore::open(&url).await?)),
     }
 }

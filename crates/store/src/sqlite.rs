@@ -17,8 +17,9 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use runfleet_core::model::{ErrorKind, Instance, IntakeEvent, Job, Launch};
+use runfleet_engine::memstore::lease_rule;
 use runfleet_engine::ports::{
-    Intake, Mutation, PortError, PortResult, Snapshot, Store, TimelineEvent,
+    Fence, Intake, LeaseInfo, Mutation, PortError, PortResult, Snapshot, Store, TimelineEvent,
 };
 use rusqlite::{Connection, ErrorCode, OpenFlags, OptionalExtension, params};
 use serde::Serialize;
@@ -40,11 +41,18 @@ pub struct Migration {
 
 /// Every migration, oldest first. The newest version is the schema version
 /// this build reads and writes; a database at a newer one is refused.
-pub const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "initial",
-    sql: include_str!("migrations/0001_initial.sql"),
-}];
+pub const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "initial",
+        sql: include_str!("migrations/0001_initial.sql"),
+    },
+    Migration {
+        version: 2,
+        name: "lease",
+        sql: include_str!("migrations/0002_lease.sql"),
+    },
+];
 
 /// The schema version this build writes.
 pub const SCHEMA_VERSION: u32 = MIGRATIONS[MIGRATIONS.len() - 1].version;
@@ -369,7 +377,41 @@ impl Store for SqliteStore {
             .iter()
             .map(|m| Prepared::new(&self.location, m))
             .collect::<PortResult<Vec<_>>>()?;
-        self.send(|reply| Op::Write(WriteOp::Apply(prepared, reply)))
+        self.send(|reply| Op::Write(WriteOp::Apply(prepared, None, reply)))
+            .await
+    }
+
+    async fn try_lease(&self, holder: &str, ttl_ms: u64, now_ms: u64) -> PortResult<Option<u64>> {
+        let op = LeaseOp::Take {
+            holder: holder.to_owned(),
+            ttl_ms,
+            now_ms,
+        };
+        self.send(|reply| Op::Write(WriteOp::Lease(op, reply)))
+            .await
+    }
+
+    async fn release_lease(&self, holder: &str) -> PortResult<()> {
+        let op = LeaseOp::Release {
+            holder: holder.to_owned(),
+        };
+        self.send(|reply| Op::Write(WriteOp::Lease(op, reply)))
+            .await
+            .map(drop)
+    }
+
+    async fn lease(&self) -> PortResult<Option<LeaseInfo>> {
+        let loc = self.location.to_string();
+        self.read(move |conn| read_lease(conn).map_err(|e| db_error(&loc, "reading the lease", e)))
+            .await
+    }
+
+    async fn apply_fenced(&self, fence: &Fence, batch: &[Mutation]) -> PortResult<()> {
+        let prepared = batch
+            .iter()
+            .map(|m| Prepared::new(&self.location, m))
+            .collect::<PortResult<Vec<_>>>()?;
+        self.send(|reply| Op::Write(WriteOp::Apply(prepared, Some(fence.clone()), reply)))
             .await
     }
 
@@ -653,7 +695,20 @@ enum Op {
 
 enum WriteOp {
     Intake(IntakeOp, Reply<Intake>),
-    Apply(Vec<Prepared>, Reply<()>),
+    /// A batch, fenced by the lease when a fence is given.
+    Apply(Vec<Prepared>, Option<Fence>, Reply<()>),
+    Lease(LeaseOp, Reply<Option<u64>>),
+}
+
+enum LeaseOp {
+    Take {
+        holder: String,
+        ttl_ms: u64,
+        now_ms: u64,
+    },
+    Release {
+        holder: String,
+    },
 }
 
 struct IntakeOp {
@@ -837,6 +892,60 @@ fn run_writer(
 enum Done {
     Intake(Intake),
     Applied,
+    Lease(Option<u64>),
+}
+
+/// Why an operation of a group failed: the database, or the fence.
+enum OpError {
+    Db(rusqlite::Error),
+    Port(PortError),
+}
+
+impl From<rusqlite::Error> for OpError {
+    fn from(e: rusqlite::Error) -> Self {
+        OpError::Db(e)
+    }
+}
+
+fn read_lease(conn: &Connection) -> rusqlite::Result<Option<LeaseInfo>> {
+    conn.prepare_cached("SELECT holder, epoch, expires_at FROM lease WHERE name = 'leader'")?
+        .query_row([], |r| {
+            Ok(LeaseInfo {
+                holder: r.get(0)?,
+                epoch: u(r.get(1)?),
+                expires_at: u(r.get(2)?),
+            })
+        })
+        .optional()
+}
+
+fn execute_lease(conn: &Connection, op: &LeaseOp) -> rusqlite::Result<Option<u64>> {
+    let current = read_lease(conn)?;
+    match op {
+        LeaseOp::Take {
+            holder,
+            ttl_ms,
+            now_ms,
+        } => {
+            let Some(next) = lease_rule(current.as_ref(), holder, *ttl_ms, *now_ms) else {
+                return Ok(None);
+            };
+            conn.prepare_cached(
+                "INSERT INTO lease (name, holder, epoch, expires_at) VALUES ('leader', ?1, ?2, ?3) \
+                 ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, epoch = excluded.epoch, \
+                 expires_at = excluded.expires_at",
+            )?
+            .execute(params![next.holder, i(next.epoch), i(next.expires_at)])?;
+            Ok(Some(next.epoch))
+        }
+        LeaseOp::Release { holder } => {
+            conn.prepare_cached(
+                "UPDATE lease SET expires_at = 0 WHERE name = 'leader' AND holder = ?1",
+            )?
+            .execute(params![holder])?;
+            Ok(None)
+        }
+    }
 }
 
 fn commit_group(conn: &Connection, location: &str, ops: Vec<WriteOp>, commits: &AtomicU64) {
@@ -848,11 +957,17 @@ fn commit_group(conn: &Connection, location: &str, ops: Vec<WriteOp>, commits: &
             WriteOp::Intake(_, reply) => {
                 let _ = reply.send(outcome.map(|d| match d {
                     Done::Intake(i) => i,
-                    Done::Applied => unreachable!("an intake answers with an Intake"),
+                    _ => unreachable!("an intake answers with an Intake"),
                 }));
             }
-            WriteOp::Apply(_, reply) => {
+            WriteOp::Apply(_, _, reply) => {
                 let _ = reply.send(outcome.map(drop));
+            }
+            WriteOp::Lease(_, reply) => {
+                let _ = reply.send(outcome.map(|d| match d {
+                    Done::Lease(epoch) => epoch,
+                    _ => unreachable!("a lease operation answers with an epoch"),
+                }));
             }
         }
     }
@@ -873,11 +988,22 @@ fn run_group(conn: &Connection, location: &str, ops: &[WriteOp]) -> Vec<PortResu
             return abort(conn, all(db_error(location, "starting a savepoint", e)));
         }
         let result = match op {
-            WriteOp::Intake(op, _) => execute_intake(conn, op).map(Done::Intake),
-            WriteOp::Apply(batch, _) => batch
-                .iter()
-                .try_for_each(|m| m.execute(conn))
-                .map(|()| Done::Applied),
+            WriteOp::Intake(op, _) => execute_intake(conn, op)
+                .map(Done::Intake)
+                .map_err(OpError::Db),
+            WriteOp::Apply(batch, fence, _) => (|| {
+                if let Some(fence) = fence {
+                    let current = read_lease(conn)?;
+                    if !fence.holds(current.as_ref()) {
+                        return Err(OpError::Port(fence.refused(current.as_ref())));
+                    }
+                }
+                batch.iter().try_for_each(|m| m.execute(conn))?;
+                Ok(Done::Applied)
+            })(),
+            WriteOp::Lease(op, _) => execute_lease(conn, op)
+                .map(Done::Lease)
+                .map_err(OpError::Db),
         };
         match result {
             Ok(done) => {
@@ -890,8 +1016,12 @@ fn run_group(conn: &Connection, location: &str, ops: &[WriteOp]) -> Vec<PortResu
                 let what = match op {
                     WriteOp::Intake(..) => "storing an intake",
                     WriteOp::Apply(..) => "applying a batch",
+                    WriteOp::Lease(..) => "taking the lease",
                 };
-                let err = db_error(location, what, e);
+                let err = match e {
+                    OpError::Db(e) => db_error(location, what, e),
+                    OpError::Port(e) => e,
+                };
                 // Some errors (I/O, full disk) make SQLite roll back the whole
                 // transaction: then nothing of the group may be claimed.
                 if conn.is_autocommit() {
@@ -1132,6 +1262,7 @@ mod tests {
                 "intake",
                 "jobs",
                 "launches",
+                "lease",
                 "meta",
                 "sqlite_sequence",
                 "timeline"

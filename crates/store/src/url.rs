@@ -11,9 +11,10 @@ pub enum StoreUrl {
     SqliteFile(PathBuf),
     /// `sqlite://:memory:`: a private in-memory database, gone with the store.
     SqliteMemory,
-    /// `postgres://...` or `postgresql://...` (not built yet). Holds the URL
-    /// with its password masked, never the password.
-    Postgres { masked: String },
+    /// `postgres://...` or `postgresql://...`: the URL itself (it holds the
+    /// password: never show it) and the URL with its password masked.
+    /// `Debug` shows only the masked one.
+    Postgres { url: Redacted, masked: String },
 }
 
 impl StoreUrl {
@@ -49,6 +50,7 @@ impl StoreUrl {
                     return Err(err("names no database after the scheme"));
                 }
                 return Ok(StoreUrl::Postgres {
+                    url: Redacted(url.to_owned()),
                     masked: mask_password(url),
                 });
             }
@@ -78,6 +80,23 @@ impl StoreUrl {
             return Err(err("names a directory, not a database file"));
         }
         Ok(StoreUrl::SqliteFile(PathBuf::from(rest)))
+    }
+}
+
+/// A URL that may hold a password: `Debug` masks it, `Deref` gives it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Redacted(String);
+
+impl std::fmt::Debug for Redacted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:?}", mask_password(&self.0))
+    }
+}
+
+impl std::ops::Deref for Redacted {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.0
     }
 }
 
@@ -165,7 +184,10 @@ mod tests {
             "admin:hunter2@db.internal",
         ] {
             let shown = match StoreUrl::parse(url) {
-                Ok(StoreUrl::Postgres { masked }) => masked,
+                Ok(StoreUrl::Postgres { masked, url }) => {
+                    assert!(!format!("{url:?}").contains("hunter2"));
+                    masked
+                }
                 Ok(other) => panic!("{url}: unexpected {other:?}"),
                 Err(e) => e.to_string(),
             };
