@@ -109,7 +109,7 @@ impl Metrics {
         let api_requests = Family::<Labels, Counter>::default();
         registry.register(
             "runfleet_api_requests",
-            "On-demand API (/v1) requests by route and outcome",
+            "Requests to the on-demand API, by route and outcome",
             api_requests.clone(),
         );
         for (route, outcomes) in API_OUTCOMES {
