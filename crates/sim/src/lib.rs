@@ -8,12 +8,13 @@
 //! a virtual clock and judges the invariants ([`driver`]). Faults (5xx, rate
 //! limits, throttling, capacity errors, lost / duplicated / delayed webhooks,
 //! slow boots, broken instances, controller restarts) fire by probability
-//! from one seeded generator and stop at a heal time.
+//! from one seeded generator and stop at a heal time; the driver adds
+//! reordered webhooks from a second generator seeded from the same seed.
 //!
 //! **Never**: reads the wall clock, uses an unseeded random source, or does
 //! network or file I/O: the same seed gives the same run.
 //!
-//! **Public boundary**: [`driver::run`] with [`driver::SimOptions`] ->
+//! **Public boundary**: [`driver::run`] (or [`driver::run_wrapped`]) with [`driver::SimOptions`] ->
 //! [`driver::Summary`], [`driver::demo_config`], and [`world::World`] with
 //! [`adapters::SimGitHub`] / [`adapters::SimCloud`] for tests that drive the
 //! engine step by step.
@@ -22,4 +23,4 @@ pub mod adapters;
 pub mod driver;
 pub mod world;
 
-pub use driver::{Progress, SimOptions, Summary, demo_config, run};
+pub use driver::{Progress, SimOptions, Summary, demo_config, run, run_wrapped};
