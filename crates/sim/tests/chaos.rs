@@ -245,7 +245,10 @@ fn every_fault_class_at_once_then_heal_and_every_invariant_holds() {
     );
     // The suite proves something only if every class of fault fired.
     for (name, n) in classes(&total, reordered) {
-        assert!(n > 0, "no {name} were injected: raise the seeds or the faults");
+        assert!(
+            n > 0,
+            "no {name} were injected: raise the seeds or the faults"
+        );
     }
 }
 
