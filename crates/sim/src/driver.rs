@@ -259,16 +259,19 @@ pub async fn run(
     config: Config,
     on_progress: &mut dyn FnMut(&Progress),
 ) -> Result<Summary, String> {
-    run_wrapped(opts, config, &|g| g, on_progress).await
+    run_wrapped(opts, config, &|g| g, &mut |_, _| {}, on_progress).await
 }
 
 /// [`run`] with the simulated GitHub passed through `wrap_github` before the
-/// engine gets it: for tests that watch or alter every GitHub call (the
-/// secrets test collects the JIT configs minted with it).
+/// engine gets it, and `after_step` called with the engine after every
+/// step: for tests that watch every GitHub call or render what the server
+/// would show (the secrets test collects the JIT configs minted and checks
+/// the metrics and status page with them).
 pub async fn run_wrapped(
     opts: &SimOptions,
     config: Config,
     wrap_github: &dyn Fn(Arc<dyn GitHub>) -> Arc<dyn GitHub>,
+    after_step: &mut dyn FnMut(&mut Engine, Millis),
     on_progress: &mut dyn FnMut(&Progress),
 ) -> Result<Summary, String> {
     let config = Arc::new(config);
@@ -382,6 +385,7 @@ pub async fn run_wrapped(
             next_reconcile = now + reconcile_every;
         }
         engine.step(now).await.map_err(|e| e.to_string())?;
+        after_step(&mut engine, now);
         let restart = { world.lock().unwrap().fault(opts.restart_weight) };
         if restart {
             for (k, v) in &engine.stats().terminations {
