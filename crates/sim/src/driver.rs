@@ -343,7 +343,7 @@ pub async fn run_wrapped(
     let mut terminations = std::collections::BTreeMap::new();
     let timed_out;
     let heal_at = world.lock().unwrap().cfg.heal_at;
-    let mut reorder_rng = ChaCha8Rng::seed_from_u64(opts.seed ^ 0x5eed_0f_de11_7e71);
+    let mut reorder_rng = ChaCha8Rng::seed_from_u64(opts.seed ^ 0x005e_ed0f_de11_7e71);
     let reorder_p = (opts.faults * opts.reorder_weight).clamp(0.0, 1.0);
     let mut held: Vec<(Millis, String, runfleet_core::model::JobEvent)> = Vec::new();
     let mut webhooks_reordered = 0u64;

@@ -232,7 +232,7 @@ fn nothing_a_chaos_run_shows_contains_a_secret() {
             },
             &mut |e, now| {
                 steps += 1;
-                if steps % 400 == 0 {
+                if steps.is_multiple_of(400) {
                     render(e, now, &mut shown);
                     let all = futures::executor::block_on(e.store().timeline(None, 1_000_000))
                         .unwrap_or_default();
