@@ -45,11 +45,23 @@ fi
 common=(-s "$sanitizer" --target-dir "$target_dir" "${features[@]}")
 cargo fuzz build "${common[@]}"
 
+parallel=()
+if [ "$jobs" -gt 1 ]; then
+  # libFuzzer then writes each process's output to fuzz-N.log here.
+  parallel=(-jobs="$jobs" -workers="$jobs")
+fi
+stamp="$(mktemp)"
+trap 'rm -f "$stamp"' EXIT
 for t in "${targets[@]}"; do
-  mkdir -p "corpus/$t"
+  mkdir -p "corpus/$t" "artifacts/$t"
   echo "fuzz: $t for ${secs}s" >&2
   cargo fuzz run "${common[@]}" "$t" "corpus/$t" "seeds/$t" -- \
-    -max_total_time="$secs" -timeout=10 -rss_limit_mb=2048 -jobs="$jobs" -workers="$jobs" \
-    -print_final_stats=1
+    -max_total_time="$secs" -timeout=10 -rss_limit_mb=2048 -print_final_stats=1 "${parallel[@]}"
+  # A crash, timeout or OOM leaves its input here (also in parallel mode).
+  if [ -n "$(find "artifacts/$t" -type f -newer "$stamp" -print -quit)" ]; then
+    echo "fuzz: $t failed; inputs in fuzz/artifacts/$t:" >&2
+    find "artifacts/$t" -type f -newer "$stamp" >&2
+    exit 1
+  fi
 done
 echo "fuzz: ${#targets[@]} targets, ${secs}s each, no crash" >&2
