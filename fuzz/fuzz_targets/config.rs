@@ -16,7 +16,11 @@ fuzz_target!(|data: &[u8]| {
         .with_file("/etc/runfleet/app.pem", "-----BEGIN FUZZ KEY-----");
     if let Err(e) = parse(text, &secrets) {
         let msg = e.to_string();
-        for s in ["ghp_fuzzTokenValue", "fuzz-webhook-secret", "BEGIN FUZZ KEY"] {
+        for s in [
+            "ghp_fuzzTokenValue",
+            "fuzz-webhook-secret",
+            "BEGIN FUZZ KEY",
+        ] {
             // Only a secret the input did not itself contain must stay out.
             assert!(
                 text.contains(s) || !msg.contains(s),
