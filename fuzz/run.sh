@@ -23,13 +23,14 @@ esac
 here="$(cd "$(dirname "$0")" && pwd)"
 cd "$here"
 
+# The workspace's target dir is not for this build (other flags).
+unset CARGO_TARGET_DIR
 if ! command -v cargo-fuzz >/dev/null 2>&1; then
   echo "fuzz: installing cargo-fuzz" >&2
   cargo install cargo-fuzz --locked
 fi
 
 export RUSTC_BOOTSTRAP=1
-unset CARGO_TARGET_DIR
 target_dir="${RUNFLEET_FUZZ_TARGET_DIR:-$HOME/.cache/runfleet-fuzz-target}"
 sanitizer="${RUNFLEET_FUZZ_SANITIZER:-none}"
 jobs="${RUNFLEET_FUZZ_JOBS:-1}"
