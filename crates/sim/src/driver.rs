@@ -3,7 +3,9 @@
 
 use std::sync::{Arc, Mutex};
 
-use rand::Rng;
+use rand::seq::SliceRandom;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
 use runfleet_core::config::{Config, MapSecrets, parse};
 use runfleet_core::model::{JobStatus, Millis};
 use runfleet_engine::memstore::MemStore;
@@ -83,6 +85,12 @@ pub struct SimOptions {
     /// Probability per step that the controller is killed and restarted
     /// from its store, scaled by `faults`.
     pub restart_weight: f64,
+    /// Probability per webhook delivery, scaled by `faults`, that the
+    /// driver holds it back for 0.5–15 s so later deliveries overtake it
+    /// (deliveries due in the same tick are also shuffled while faults are
+    /// on). Drawn from the driver's own generator, so the world's run is
+    /// the same with or without it; stops at the heal time like every fault.
+    pub reorder_weight: f64,
     pub world: WorldConfig,
 }
 
@@ -96,6 +104,7 @@ impl Default for SimOptions {
             tick: 500,
             time_limit: 12 * 60 * 60 * 1000,
             restart_weight: 0.01,
+            reorder_weight: 0.2,
             world: WorldConfig::default(),
         }
     }
@@ -171,6 +180,9 @@ pub struct Summary {
     pub timed_out: bool,
     pub calls: CallCounts,
     pub faults_injected: FaultCounts,
+    /// Webhook deliveries the driver held back so that later ones overtook
+    /// them (a fault class of the driver, next to the world's).
+    pub webhooks_reordered: u64,
     pub terminations: std::collections::BTreeMap<String, u64>,
 }
 
@@ -254,6 +266,21 @@ pub async fn run(
     config: Config,
     on_progress: &mut dyn FnMut(&Progress),
 ) -> Result<Summary, String> {
+    run_wrapped(opts, config, &|g| g, &mut |_, _| {}, on_progress).await
+}
+
+/// [`run`] with the simulated GitHub passed through `wrap_github` before the
+/// engine gets it, and `after_step` called with the engine after every
+/// step: for tests that watch every GitHub call or render what the server
+/// would show (the secrets test collects the JIT configs minted and checks
+/// the metrics and status page with them).
+pub async fn run_wrapped(
+    opts: &SimOptions,
+    config: Config,
+    wrap_github: &dyn Fn(Arc<dyn GitHub>) -> Arc<dyn GitHub>,
+    after_step: &mut dyn FnMut(&mut Engine, Millis),
+    on_progress: &mut dyn FnMut(&Progress),
+) -> Result<Summary, String> {
     let config = Arc::new(config);
     let mut wcfg = opts.world.clone();
     wcfg.seed = opts.seed;
@@ -303,7 +330,7 @@ pub async fn run(
             );
         }
     }
-    let github: Arc<dyn GitHub> = Arc::new(SimGitHub(world.clone()));
+    let github: Arc<dyn GitHub> = wrap_github(Arc::new(SimGitHub(world.clone())));
     let cloud: Arc<dyn Cloud> = Arc::new(SimCloud(world.clone()));
     let dyn_store: Arc<dyn Store> = store.clone();
     let new_engine = |now| {
@@ -322,12 +349,39 @@ pub async fn run(
     let mut now: Millis = 0;
     let mut terminations = std::collections::BTreeMap::new();
     let timed_out;
+    let heal_at = world.lock().unwrap().cfg.heal_at;
+    let mut reorder_rng = ChaCha8Rng::seed_from_u64(opts.seed ^ 0x005e_ed0f_de11_7e71);
+    let reorder_p = (opts.faults * opts.reorder_weight).clamp(0.0, 1.0);
+    let mut held: Vec<(Millis, String, runfleet_core::model::JobEvent)> = Vec::new();
+    let mut webhooks_reordered = 0u64;
     loop {
-        let deliveries = {
+        let mut deliveries = {
             let mut w = world.lock().unwrap();
             w.advance_to(now);
             w.take_due_webhooks()
         };
+        if now < heal_at && reorder_p > 0.0 {
+            deliveries.shuffle(&mut reorder_rng);
+            let mut kept = Vec::with_capacity(deliveries.len());
+            for d in deliveries {
+                if reorder_rng.random_bool(reorder_p) {
+                    webhooks_reordered += 1;
+                    let at = now + reorder_rng.random_range(500..15_000);
+                    held.push((at, d.0, d.1));
+                } else {
+                    kept.push(d);
+                }
+            }
+            deliveries = kept;
+        }
+        held.retain(|(at, id, ev)| {
+            if *at <= now {
+                deliveries.push((id.clone(), ev.clone()));
+                false
+            } else {
+                true
+            }
+        });
         for (id, ev) in &deliveries {
             Engine::intake(&*dyn_store, id, &ev.clone().into())
                 .await
@@ -338,6 +392,7 @@ pub async fn run(
             next_reconcile = now + reconcile_every;
         }
         engine.step(now).await.map_err(|e| e.to_string())?;
+        after_step(&mut engine, now);
         let restart = { world.lock().unwrap().fault(opts.restart_weight) };
         if restart {
             for (k, v) in &engine.stats().terminations {
@@ -392,6 +447,7 @@ pub async fn run(
                 && !awaiting_rerun
                 && alive == 0
                 && w.outbox.is_empty()
+                && held.is_empty()
                 && w.runners_named("runfleet-") == 0
                 && w.params_under(&config.fleet) == 0;
             (p, settled)
@@ -468,6 +524,7 @@ pub async fn run(
         timed_out,
         calls: w.calls.clone(),
         faults_injected: w.faults.clone(),
+        webhooks_reordered,
         terminations,
     })
 }

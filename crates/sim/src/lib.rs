@@ -8,10 +8,11 @@
 //! a virtual clock and judges the invariants ([`driver`]). Faults (5xx, rate
 //! limits, throttling, capacity errors, lost / duplicated / delayed webhooks,
 //! slow boots, broken instances, controller restarts) fire by probability
-//! from one seeded generator and stop at a heal time. Spot interruptions
+//! from one seeded generator and stop at a heal time; the driver adds
+//! reordered webhooks from a second generator seeded from the same seed. Spot interruptions
 //! (`WorldConfig::spot_interruption_weight`: a warning, sometimes after a
 //! rebalance recommendation, then the reclaim two minutes later, failing a
-//! job that runs there) and duplicated event deliveries draw from a second
+//! job that runs there) and duplicated event deliveries draw from their own
 //! seeded generator, so runs without them replay as before; the EC2 event
 //! feed (`WorldConfig::ec2_events`) behaves like SQS (delivered at least
 //! once, invisible for 30 s after a receive until deleted). GitHub's re-run
@@ -20,7 +21,7 @@
 //! **Never**: reads the wall clock, uses an unseeded random source, or does
 //! network or file I/O: the same seed gives the same run.
 //!
-//! **Public boundary**: [`driver::run`] with [`driver::SimOptions`] ->
+//! **Public boundary**: [`driver::run`] (or [`driver::run_wrapped`]) with [`driver::SimOptions`] ->
 //! [`driver::Summary`], [`driver::demo_config`], and [`world::World`] with
 //! [`adapters::SimGitHub`] / [`adapters::SimCloud`] for tests that drive the
 //! engine step by step.
@@ -29,4 +30,4 @@ pub mod adapters;
 pub mod driver;
 pub mod world;
 
-pub use driver::{Progress, SimOptions, Summary, demo_config, run};
+pub use driver::{Progress, SimOptions, Summary, demo_config, run, run_wrapped};
