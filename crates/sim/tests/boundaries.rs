@@ -250,6 +250,7 @@ async fn scenario(kill: Option<(u64, Side)>) -> Run {
                 job: None,
                 instance: Some(orphan.clone()),
                 jit: "stale-jit".into(),
+                online_at: None,
             },
         );
         w.params

