@@ -103,6 +103,7 @@ fn observed(jobs: u64, instances: u64) -> Observed {
                 job_done_at: None,
                 terminate_requested_at: None,
                 terminate_reason: None,
+                assigned: None,
             },
         );
     }

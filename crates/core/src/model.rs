@@ -310,6 +310,16 @@ pub struct Launch {
     pub not_before: Millis,
 }
 
+impl Launch {
+    /// A warm-pool launch: made for no job and no on-demand run (it has
+    /// neither a job id nor a unique label). Its instance boots and waits,
+    /// unregistered, until the planner assigns it a job; until then the
+    /// launch's `scope` means nothing and the instance's is `None`.
+    pub fn is_warm(&self) -> bool {
+        self.job_id.is_none() && self.unique_label.is_none()
+    }
+}
+
 /// EC2 instance state, as far as runfleet cares.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -401,6 +411,19 @@ pub struct Instance {
     /// Termination was requested at, and why.
     pub terminate_requested_at: Option<Millis>,
     pub terminate_reason: Option<TerminateReason>,
+    /// A warm instance (launched with no job, see [`Launch::is_warm`]) that
+    /// was handed a job: which one and when. `None` for every other
+    /// instance, and for a warm instance still waiting.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub assigned: Option<WarmAssignment>,
+}
+
+/// The moment a waiting warm instance was given a job: its runner is
+/// registered for that job's scope from then on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WarmAssignment {
+    pub job_id: u64,
+    pub at: Millis,
 }
 
 impl Instance {

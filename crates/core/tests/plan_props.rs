@@ -146,6 +146,7 @@ fn instance() -> impl Strategy<Value = Instance> {
                     job_done_at: done,
                     terminate_requested_at: term,
                     terminate_reason: None,
+                    assigned: None,
                 }
             },
         )

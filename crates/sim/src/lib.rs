@@ -22,4 +22,6 @@ pub mod adapters;
 pub mod driver;
 pub mod world;
 
-pub use driver::{Progress, SimOptions, Summary, demo_config, run};
+pub use driver::{
+    Percentiles, Progress, SimOptions, Summary, TraceJob, Usage, demo_config, run, without_warm,
+};

@@ -161,6 +161,7 @@ pub fn instance(id: &str, launch_id: Option<&str>) -> Instance {
         job_done_at: None,
         terminate_requested_at: None,
         terminate_reason: None,
+        assigned: None,
     }
 }
 
@@ -442,6 +443,7 @@ pub fn arb_instance(id: impl Strategy<Value = String>) -> impl Strategy<Value = 
                 job_done_at,
                 terminate_requested_at,
                 terminate_reason,
+                assigned: None,
             },
         )
 }
@@ -905,6 +907,10 @@ pub async fn load_round_trips_every_field(db: &dyn TestDb) {
         job_done_at: Some(0),
         terminate_requested_at: Some(i64::MAX as u64 + 7),
         terminate_reason: Some(TerminateReason::PoolRemoved),
+        assigned: Some(runfleet_core::model::WarmAssignment {
+            job_id: u64::MAX,
+            at: i64::MAX as u64 + 9,
+        }),
     };
     let plain_job = job(3, JobState::Ignored);
     let plain_launch = launch("a-launch", None);
