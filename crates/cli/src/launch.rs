@@ -91,7 +91,10 @@ fn concerns(a: &Action, launch_id: &str, instance_id: Option<&str>) -> bool {
         Action::ProvisionRunner { instance_id: i, .. }
         | Action::DeleteParameter { instance_id: i }
         | Action::Terminate { instance_id: i, .. } => Some(i.as_str()) == instance_id,
-        Action::DeleteRunner { .. } | Action::MarkJob { .. } | Action::RerunJob { .. } => false,
+        Action::DeleteRunner { .. }
+        | Action::MarkJob { .. }
+        | Action::RerunJob { .. }
+        | Action::AssignWarm { .. } => false,
     }
 }
 

@@ -109,6 +109,7 @@ fn observed(jobs: u64, instances: u64) -> Observed {
                 terminate_reason: None,
                 offering: None,
                 interruption: None,
+                assigned: None,
             },
         );
     }

@@ -322,6 +322,16 @@ pub struct Launch {
     pub not_before: Millis,
 }
 
+impl Launch {
+    /// A warm-pool launch: made for no job and no on-demand run (it has
+    /// neither a job id nor a unique label). Its instance boots and waits,
+    /// unregistered, until the planner assigns it a job; until then the
+    /// launch's `scope` means nothing and the instance's is `None`.
+    pub fn is_warm(&self) -> bool {
+        self.job_id.is_none() && self.unique_label.is_none()
+    }
+}
+
 /// EC2 instance state, as far as runfleet cares.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -424,6 +434,19 @@ pub struct Instance {
     /// The strongest interruption notice EC2 sent for it.
     #[serde(default)]
     pub interruption: Option<Interruption>,
+    /// A warm instance (launched with no job, see [`Launch::is_warm`]) that
+    /// was handed a job: which one and when. `None` for every other
+    /// instance, and for a warm instance still waiting.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub assigned: Option<WarmAssignment>,
+}
+
+/// The moment a waiting warm instance was given a job: its runner is
+/// registered for that job's scope from then on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WarmAssignment {
+    pub job_id: u64,
+    pub at: Millis,
 }
 
 /// How strongly EC2 warned that an instance will go away; ordered by
@@ -604,6 +627,7 @@ mod tests {
             terminate_reason: None,
             offering: None,
             interruption: None,
+            assigned: None,
         };
         assert!(i.note_interruption(InterruptionKind::Rebalance, 10));
         assert!(

@@ -61,6 +61,14 @@ pub struct LaunchPlan {
     pub resume: bool,
 }
 
+impl LaunchPlan {
+    /// A warm-pool launch (no job, no on-demand run): its instance boots
+    /// and waits for a job; see [`Launch::is_warm`].
+    pub fn is_warm(&self) -> bool {
+        self.job_id.is_none() && self.unique_label.is_none()
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Action {
     /// Record (unless resuming), then call the cloud with the id as token.
@@ -100,6 +108,15 @@ pub enum Action {
     /// spot instance under it (`POST .../actions/jobs/{job_id}/rerun`).
     /// Its in-flight key is [`rerun_key`].
     RerunJob { job_id: u64, repo: String },
+    /// Hand a waiting warm instance to a queued job: record (before any
+    /// call) that its runner is now registered in `scope`. The
+    /// [`Action::ProvisionRunner`] for it follows in the same plan.
+    AssignWarm {
+        instance_id: String,
+        pool: String,
+        scope: Scope,
+        job_id: u64,
+    },
 }
 
 /// The [`Observed::in_flight`] key of a job's re-run.
@@ -328,6 +345,9 @@ pub fn plan(config: &Config, obs: &Observed, now: Millis) -> Vec<Action> {
             .push(job);
     }
 
+    // Warm instances waiting for a job, by pool (see the warm section below).
+    let mut warm = Warm::survey(config, obs, now, &ours);
+
     // Supply: runners coming or idle, by (pool, scope); instances alive by pool.
     let mut supply: HashMap<Key, u32> = HashMap::default();
     let mut alive: HashMap<&str, u32> = HashMap::default();
@@ -340,7 +360,11 @@ pub fn plan(config: &Config, obs: &Observed, now: Millis) -> Vec<Action> {
         let Some(&idx) = pool_index.get(l.pool.as_str()) else {
             continue;
         };
-        *supply.entry(key_of_scope(idx, &l.scope)).or_default() += 1;
+        if l.is_warm() {
+            warm.requested(idx);
+        } else {
+            *supply.entry(key_of_scope(idx, &l.scope)).or_default() += 1;
+        }
         if !obs.in_flight.contains(&l.id) && l.not_before <= now {
             actions.push(Action::Launch(LaunchPlan {
                 id: l.id.clone(),
@@ -386,6 +410,13 @@ pub fn plan(config: &Config, obs: &Observed, now: Millis) -> Vec<Action> {
         {
             own.insert(j);
         }
+        if i.terminate_requested_at.is_none()
+            && !i.busy
+            && i.job_done_at.is_none()
+            && let Some(a) = i.assigned
+        {
+            own.insert(a.job_id);
+        }
     }
 
     // Launches: oldest jobs first within a pool, never past max_runners.
@@ -410,6 +441,11 @@ pub fn plan(config: &Config, obs: &Observed, now: Millis) -> Vec<Action> {
     for (idx, mut wanting) in by_pool {
         let pool = &config.pools[idx];
         wanting.sort_by_key(|(j, _)| (j.queued_at, j.id));
+        // Waiting warm instances take the oldest jobs first: no launch.
+        let wanting = warm.assign(config, idx, wanting, &mut supply, &mut actions);
+        if wanting.is_empty() {
+            continue;
+        }
         let chain: Arc<[Offering]> = offerings(pool, &obs.unavailable, now).into();
         if chain.is_empty() {
             continue; // every offering is cooling down after capacity errors
@@ -451,6 +487,9 @@ pub fn plan(config: &Config, obs: &Observed, now: Millis) -> Vec<Action> {
             }));
         }
     }
+
+    // Warm instances to replace the ones taken, up to the pool's `warm`.
+    warm.replenish(config, obs, now, &mut alive, &mut actions);
 
     // Runners for instances that have none yet.
     for i in alive_ours() {
@@ -546,7 +585,7 @@ pub fn plan(config: &Config, obs: &Observed, now: Millis) -> Vec<Action> {
                     Some(TerminateReason::MaxLifetime)
                 } else if i.runner_online_at.is_none()
                     && i.job_done_at.is_none()
-                    && age >= boot_timeout
+                    && boot_age(i, now).is_some_and(|a| a >= boot_timeout)
                 {
                     Some(TerminateReason::BootTimeout)
                 } else if let (Some(online), Some(scope), None, None) =
@@ -569,6 +608,7 @@ pub fn plan(config: &Config, obs: &Observed, now: Millis) -> Vec<Action> {
             actions.push(terminate(i, runner, reason));
         }
     }
+    warm.retire(config, &mut terminating, &mut actions);
 
     // Parameters: deleted once the runner is online or the instance is gone.
     for &i in &ours {
@@ -694,6 +734,7 @@ mod interruption_tests {
                     kind: InterruptionKind::SpotWarning,
                     at,
                 }),
+                assigned: None,
             },
         );
         (cfg, obs)
@@ -772,3 +813,266 @@ mod interruption_tests {
         );
     }
 }
+
+// ---------------------------------------------------------------------------
+// Warm pools.
+//
+// A pool with `warm = N` keeps N instances booted and waiting, NOT registered
+// with GitHub: their boot script (rendered with the JIT poll timeout set to
+// `max_lifetime`) polls SSM for a runner config. They are launched with no
+// job (a warm launch, [`Launch::is_warm`]): recorded before the call like
+// every launch, with an id derived from the plan's input, and counted against
+// `max_runners` like every instance. When a job of the pool has no runner
+// coming, the planner assigns it the oldest waiting warm instance
+// ([`Action::AssignWarm`] then [`Action::ProvisionRunner`] for the job's
+// scope): no launch, the runner is online seconds later. From then on the
+// instance is an ordinary one (its scope is set; its boot timeout counts
+// from the assignment) and a replacement warm launch is made, within the cap.
+//
+// A waiting warm instance is never terminated for its boot timeout (it is
+// not expected to register). It is retired (terminated, `idle`) once half of
+// `max_lifetime` has passed, so a job it takes still has at least half of
+// `max_lifetime` before the instance's hard stop; its replacement is launched
+// in the same plan. Waiting instances beyond the pool's `warm` (it was
+// lowered) are terminated too, the youngest first. An assigned one is never
+// touched here: it is under a job, or about to be.
+// ---------------------------------------------------------------------------
+
+/// The id of a warm launch: stable for a given plan input (`now` and what is
+/// already recorded), unique as time moves on.
+pub fn warm_launch_id(fleet: &str, pool_index: usize, now: Millis, n: u32) -> String {
+    format!("{fleet}-w{pool_index}-{now}-{n}")
+}
+
+/// How long a waiting warm instance may wait before it is retired: half of
+/// the pool's `max_lifetime`.
+pub fn warm_retire_after(pool: &PoolConfig) -> Millis {
+    (pool.max_lifetime.as_millis() as Millis / 2).max(1)
+}
+
+/// Whether `i` is a warm instance still waiting for a job (launched with no
+/// job, not yet assigned one).
+pub fn is_waiting_warm(obs: &Observed, i: &Instance) -> bool {
+    i.scope.is_none()
+        && i.assigned.is_none()
+        && i.launch_id
+            .as_ref()
+            .and_then(|id| obs.launches.get(id))
+            .is_some_and(Launch::is_warm)
+}
+
+/// How long an instance has been expected to bring its runner online:
+/// since launch for an ordinary instance, since its assignment for a warm
+/// one, never for a warm one still waiting.
+fn boot_age(i: &Instance, now: Millis) -> Option<Millis> {
+    match (i.assigned, &i.scope) {
+        (Some(a), _) => Some(now.saturating_sub(a.at)),
+        // Only a warm launch leaves a known instance without a scope.
+        (None, None) => None,
+        (None, Some(_)) => Some(now.saturating_sub(i.launched_at)),
+    }
+}
+
+#[derive(Default)]
+struct WarmPool<'a> {
+    /// Waiting and assignable, best first (running before pending, then
+    /// oldest launch: the furthest along its boot).
+    ready: Vec<&'a Instance>,
+    /// Waiting past `warm_retire_after`.
+    stale: Vec<&'a Instance>,
+    /// Warm launches recorded and not yet answered.
+    requested: u32,
+}
+
+/// The warm state of every pool for one plan.
+struct Warm<'a> {
+    pools: Vec<WarmPool<'a>>,
+    /// Nothing warm anywhere: every method returns at once.
+    idle: bool,
+}
+
+impl<'a> Warm<'a> {
+    fn survey(config: &Config, obs: &'a Observed, now: Millis, ours: &[&'a Instance]) -> Warm<'a> {
+        let mut pools: Vec<WarmPool<'a>> = Vec::new();
+        let mut any = config.pools.iter().any(|p| p.warm > 0);
+        for &i in ours {
+            // Cheap test first: only a warm launch leaves a known instance
+            // without a scope.
+            if !(i.scope.is_none() && i.launch_id.is_some() && i.alive())
+                || !is_waiting_warm(obs, i)
+            {
+                continue;
+            }
+            if i.terminate_requested_at.is_some() || obs.in_flight.contains(&i.id) {
+                continue;
+            }
+            let Some(idx) = config.pools.iter().position(|p| p.name == i.pool) else {
+                continue; // pool removed: the general rule terminates it
+            };
+            any = true;
+            if pools.is_empty() {
+                pools.resize_with(config.pools.len(), WarmPool::default);
+            }
+            let age = now.saturating_sub(i.launched_at);
+            if age >= warm_retire_after(&config.pools[idx]) {
+                pools[idx].stale.push(i);
+            } else {
+                pools[idx].ready.push(i);
+            }
+        }
+        if any && pools.is_empty() {
+            pools.resize_with(config.pools.len(), WarmPool::default);
+        }
+        for p in &mut pools {
+            p.ready.sort_by_key(|i| {
+                (
+                    i.state != crate::model::InstanceState::Running,
+                    i.launched_at,
+                    i.id.as_str(),
+                )
+            });
+        }
+        Warm { pools, idle: !any }
+    }
+
+    /// Counts a recorded, unanswered warm launch of pool `idx`.
+    fn requested(&mut self, idx: usize) {
+        if self.pools.len() <= idx {
+            self.pools.resize_with(idx + 1, WarmPool::default);
+        }
+        self.idle = false;
+        self.pools[idx].requested += 1;
+    }
+
+    /// Hands waiting instances of pool `idx` to the oldest of `wanting`
+    /// (sorted oldest first); returns the jobs still without a runner.
+    fn assign<'j>(
+        &mut self,
+        config: &Config,
+        idx: usize,
+        wanting: Vec<(&'j Job, Key<'j>)>,
+        supply: &mut HashMap<Key<'j>, u32>,
+        actions: &mut Vec<Action>,
+    ) -> Vec<(&'j Job, Key<'j>)> {
+        let Some(wp) = self.pools.get_mut(idx).filter(|p| !p.ready.is_empty()) else {
+            return wanting;
+        };
+        let pool = &config.pools[idx];
+        let take = wanting.len().min(wp.ready.len());
+        let mut rest = wanting;
+        let given: Vec<(&Job, Key)> = rest.drain(..take).collect();
+        for ((job, key), inst) in given.into_iter().zip(wp.ready.drain(..take)) {
+            let scope = scope_of_key(&key);
+            *supply.entry(key).or_default() += 1;
+            actions.push(Action::AssignWarm {
+                instance_id: inst.id.clone(),
+                pool: pool.name.clone(),
+                scope: scope.clone(),
+                job_id: job.id,
+            });
+            actions.push(Action::ProvisionRunner {
+                instance_id: inst.id.clone(),
+                pool: pool.name.clone(),
+                scope,
+                runner_name: inst.runner_name(),
+                labels: runner_labels(pool, None),
+                runner_group_id: pool.runner_group_id,
+            });
+        }
+        rest
+    }
+
+    /// Launches warm instances up to each pool's `warm`, never past
+    /// `max_runners` (jobs were served first).
+    fn replenish<'c>(
+        &self,
+        config: &'c Config,
+        obs: &Observed,
+        now: Millis,
+        alive: &mut HashMap<&'c str, u32>,
+        actions: &mut Vec<Action>,
+    ) {
+        if self.idle {
+            return;
+        }
+        for (idx, pool) in config.pools.iter().enumerate() {
+            let (ready, requested) = self
+                .pools
+                .get(idx)
+                .map_or((0, 0), |p| (p.ready.len() as u32, p.requested));
+            let have = ready + requested;
+            if have >= pool.warm {
+                continue;
+            }
+            let count = alive.get(pool.name.as_str()).copied().unwrap_or(0);
+            let room = pool.max_runners.saturating_sub(count);
+            let n = (pool.warm - have).min(room);
+            if n == 0 || warm_backing_off(obs, &pool.name, now) {
+                continue;
+            }
+            let chain: Arc<[Offering]> = offerings(pool, &obs.unavailable, now).into();
+            if chain.is_empty() {
+                continue;
+            }
+            *alive.entry(pool.name.as_str()).or_default() += n;
+            let mut k = 0;
+            for _ in 0..n {
+                let id = loop {
+                    k += 1;
+                    let id = warm_launch_id(&config.fleet, idx, now, k);
+                    if !obs.launches.contains_key(&id) {
+                        break id;
+                    }
+                };
+                actions.push(Action::Launch(LaunchPlan {
+                    id,
+                    pool: pool.name.clone(),
+                    // Unused until a job is assigned (then the job's scope).
+                    scope: Scope::Org(String::new()),
+                    job_id: None,
+                    unique_label: None,
+                    name: None,
+                    offerings: chain.clone(),
+                    resume: false,
+                }));
+            }
+        }
+    }
+
+    /// Terminates waiting instances past their retirement age and those
+    /// beyond the pool's `warm` (youngest first). Called after the
+    /// assignments: an instance given a job in this plan is not here.
+    fn retire(
+        &self,
+        config: &Config,
+        terminating: &mut BTreeSet<&'a str>,
+        actions: &mut Vec<Action>,
+    ) {
+        if self.idle {
+            return;
+        }
+        for (p, pool) in self.pools.iter().zip(&config.pools) {
+            let extra = p.ready.len().saturating_sub(pool.warm as usize);
+            let surplus = p.ready.iter().rev().take(extra);
+            for &i in p.stale.iter().chain(surplus) {
+                if terminating.insert(i.id.as_str()) {
+                    actions.push(terminate(i, None, TerminateReason::Idle));
+                }
+            }
+        }
+    }
+}
+
+/// A warm launch of this pool failed less than a backoff ago: wait before
+/// the next, so a pool without capacity is not hammered.
+fn warm_backing_off(obs: &Observed, pool: &str, now: Millis) -> bool {
+    obs.launches.values().any(|l| {
+        l.state == LaunchState::Failed
+            && l.is_warm()
+            && l.pool == pool
+            && now.saturating_sub(l.requested_at) < WARM_RETRY_MS
+    })
+}
+
+/// After a failed warm launch, the next one for its pool waits this long.
+pub const WARM_RETRY_MS: Millis = 30_000;

@@ -154,6 +154,7 @@ fn instance() -> impl Strategy<Value = Instance> {
                     terminate_reason: None,
                     offering: None,
                     interruption: None,
+                    assigned: None,
                 }
             },
         )

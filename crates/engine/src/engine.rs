@@ -10,7 +10,7 @@ use runfleet_core::bucket::TokenBucket;
 use runfleet_core::config::Config;
 use runfleet_core::model::{
     ErrorKind, Instance, InstanceState, IntakeEvent, Job, JobEvent, JobState, JobStatus, Launch,
-    LaunchState, Millis, Scope, StartRequest, Unavailable, instance_of_runner,
+    LaunchState, Millis, Scope, StartRequest, Unavailable, WarmAssignment, instance_of_runner,
 };
 use runfleet_core::plan::{
     Action, LaunchPlan, Observed, UNAVAILABLE_FOR_MS, marks_unavailable, plan, retry_backoff,
@@ -29,6 +29,9 @@ use crate::ports::{
 pub const TAG_FLEET: &str = "runfleet:fleet";
 pub const TAG_POOL: &str = "runfleet:pool";
 pub const TAG_LAUNCH: &str = "runfleet:launch";
+/// Set (`"true"`) on instances launched for a warm pool: they boot and wait
+/// for a job, their boot script polling SSM until `max_lifetime`.
+pub const TAG_WARM: &str = "runfleet:warm";
 
 /// Terminal jobs and gone instances are forgotten after this long.
 const RETENTION_MS: Millis = 60 * 60 * 1000;
@@ -215,6 +218,10 @@ pub struct Engine {
     opts: EngineOptions,
     launch_bucket: TokenBucket,
     user_data: HashMap<String, Result<String, String>>,
+    /// The boot script of each pool's warm instances: the same, but it
+    /// waits for its runner config until `max_lifetime` (it is handed a job
+    /// whenever one comes) instead of `boot_timeout`.
+    warm_user_data: HashMap<String, Result<String, String>>,
     repos: Option<(Millis, Vec<String>)>,
     last_error: Option<(String, PortError)>,
     /// No cloud event poll before this (see `interruptions`).
@@ -233,23 +240,30 @@ impl Engine {
     ) -> PortResult<Engine> {
         let snap = store.load().await?;
         let obs = observed_from(snap.jobs, snap.launches, snap.instances);
-        let user_data = cfg
-            .pools
-            .iter()
-            .map(|p| {
-                let rendered = render(&UserDataParams {
-                    fleet: &cfg.fleet,
-                    os: p.os,
-                    arch: p.arch,
-                    runner_version: p.runner_version.as_deref(),
-                    setup_script: p.setup_script.as_deref(),
-                    max_lifetime_secs: p.max_lifetime.as_secs(),
-                    jit_poll_timeout_secs: cfg.server.boot_timeout.as_secs(),
+        let render_all = |warm: bool| {
+            cfg.pools
+                .iter()
+                .map(|p| {
+                    let rendered = render(&UserDataParams {
+                        fleet: &cfg.fleet,
+                        os: p.os,
+                        arch: p.arch,
+                        runner_version: p.runner_version.as_deref(),
+                        setup_script: p.setup_script.as_deref(),
+                        max_lifetime_secs: p.max_lifetime.as_secs(),
+                        jit_poll_timeout_secs: if warm {
+                            p.max_lifetime.as_secs()
+                        } else {
+                            cfg.server.boot_timeout.as_secs()
+                        },
+                    })
+                    .map_err(|e| e.to_string());
+                    (p.name.clone(), rendered)
                 })
-                .map_err(|e| e.to_string());
-                (p.name.clone(), rendered)
-            })
-            .collect();
+                .collect()
+        };
+        let user_data = render_all(false);
+        let warm_user_data = render_all(true);
         let (cap, rate) = opts.launch_bucket;
         Ok(Engine {
             cfg,
@@ -266,6 +280,7 @@ impl Engine {
             launch_bucket: TokenBucket::new(cap, rate, now),
             opts,
             user_data,
+            warm_user_data,
             repos: None,
             last_error: None,
             events_next_poll: 0,
@@ -711,6 +726,16 @@ impl Engine {
                         progressed += 1;
                     }
                 }
+                Action::AssignWarm {
+                    instance_id,
+                    scope,
+                    job_id,
+                    ..
+                } => {
+                    if self.assign_warm(&instance_id, scope, job_id, now, &mut pre) {
+                        progressed += 1;
+                    }
+                }
                 Action::Launch(lp) => {
                     if !self.launch_bucket.try_take(1, now) {
                         // Paced: record it now (so it counts against max_runners and
@@ -760,6 +785,36 @@ impl Engine {
             self.store.apply(&muts).await?;
         }
         Ok(progressed)
+    }
+
+    /// Records that a waiting warm instance now serves `job_id`: its
+    /// runner is registered in `scope` (the planner's ProvisionRunner, in
+    /// the same plan, mints and writes the config). Durable before any call.
+    fn assign_warm(
+        &mut self,
+        instance_id: &str,
+        scope: Scope,
+        job_id: u64,
+        now: Millis,
+        muts: &mut Vec<Mutation>,
+    ) -> bool {
+        let Some(inst) = self.obs.instances.get_mut(instance_id) else {
+            return false;
+        };
+        if inst.assigned.is_some() || inst.scope.is_some() || !inst.alive() {
+            return false; // planned on stale state: not twice
+        }
+        inst.scope = Some(scope);
+        inst.assigned = Some(WarmAssignment { job_id, at: now });
+        info!(instance_id = %inst.id, pool = %inst.pool, job_id, "warm instance assigned");
+        muts.push(Mutation::PutInstance(inst.clone()));
+        muts.push(timeline(
+            now,
+            Some(job_id),
+            Some(instance_id),
+            format!("warm instance {instance_id} assigned to job {job_id}"),
+        ));
+        true
     }
 
     fn record_launch(
@@ -873,7 +928,9 @@ impl Engine {
                 let result = self.github.rerun_job(&repo, job_id).await;
                 Outcome::Rerun { job_id, result }
             }
-            Action::MarkJob { .. } => unreachable!("applied before I/O"),
+            Action::MarkJob { .. } | Action::AssignWarm { .. } => {
+                unreachable!("applied before I/O")
+            }
         }
     }
 
@@ -905,7 +962,12 @@ impl Engine {
                 format!("pool {} is not configured", lp.pool),
             )
         })?;
-        let user_data = match self.user_data.get(&pool.name) {
+        let scripts = if lp.is_warm() {
+            &self.warm_user_data
+        } else {
+            &self.user_data
+        };
+        let user_data = match scripts.get(&pool.name) {
             Some(Ok(u)) => u.clone(),
             Some(Err(e)) => {
                 return Err(PortError::new(
@@ -930,6 +992,15 @@ impl Engine {
             .name
             .clone()
             .unwrap_or_else(|| format!("runfleet-{}", pool.name));
+        let mut tags = vec![
+            (TAG_FLEET.to_string(), self.cfg.fleet.clone()),
+            (TAG_POOL.to_string(), pool.name.clone()),
+            ("Name".to_string(), name),
+            (TAG_LAUNCH.to_string(), lp.id.clone()),
+        ];
+        if lp.is_warm() {
+            tags.push((TAG_WARM.to_string(), "true".to_string()));
+        }
         Ok(LaunchRequest {
             client_token: lp.id.clone(),
             fleet: self.cfg.fleet.clone(),
@@ -937,12 +1008,7 @@ impl Engine {
             launch_template: pool.launch_template.clone(),
             launch_template_version: pool.launch_template_version.clone(),
             offerings: lp.offerings.to_vec(),
-            tags: vec![
-                (TAG_FLEET.to_string(), self.cfg.fleet.clone()),
-                (TAG_POOL.to_string(), pool.name.clone()),
-                ("Name".to_string(), name),
-                (TAG_LAUNCH.to_string(), lp.id.clone()),
-            ],
+            tags,
             user_data,
             role_arn: pool
                 .role_arn
@@ -1089,7 +1155,8 @@ impl Engine {
                             state: InstanceState::Pending,
                             launched_at: inst.launched_at,
                             launch_id: Some(l.id.clone()),
-                            scope: Some(l.scope.clone()),
+                            // A warm instance has no scope until it is given a job.
+                            scope: (!l.is_warm()).then(|| l.scope.clone()),
                             unique_label: l.unique_label.clone(),
                             market: Some(inst.offering.market),
                             offering: Some(inst.offering.clone()),
@@ -1101,6 +1168,7 @@ impl Engine {
                             job_done_at: None,
                             terminate_requested_at: None,
                             terminate_reason: None,
+                            assigned: None,
                         };
                         info!(job_id = l.job_id, pool = %pool, instance_id = %instance.id, offering = %inst.offering, launch_id = %l.id, "instance launched");
                         muts.push(timeline(
@@ -1255,7 +1323,7 @@ impl Engine {
                             }
                             (
                                 Some(l.id.clone()),
-                                Some(l.scope.clone()),
+                                (!l.is_warm()).then(|| l.scope.clone()),
                                 l.unique_label.clone(),
                             )
                         }
@@ -1283,6 +1351,7 @@ impl Engine {
                         job_done_at: None,
                         terminate_requested_at: None,
                         terminate_reason: None,
+                        assigned: None,
                     };
                     muts.push(Mutation::PutInstance(inst.clone()));
                     self.obs.instances.insert(inst.id.clone(), inst);
@@ -1507,9 +1576,20 @@ impl Engine {
             .map(|i| i.id.clone())
             .collect();
         for id in old_instances {
-            self.obs.instances.remove(&id);
+            if let Some(inst) = self.obs.instances.remove(&id)
+                && let Some(lid) = inst.launch_id
+                && self.obs.launches.get(&lid).is_some_and(Launch::is_warm)
+            {
+                // A warm launch has no job to be forgotten with.
+                self.obs.launches.remove(&lid);
+            }
             muts.push(Mutation::DropInstance(id));
         }
+        self.obs.launches.retain(|_, l| {
+            !(l.is_warm()
+                && l.state == LaunchState::Failed
+                && now.saturating_sub(l.requested_at) > RETENTION_MS)
+        });
     }
 }
 

@@ -92,6 +92,31 @@ pub struct SimOptions {
     /// the same with or without it; stops at the heal time like every fault.
     pub reorder_weight: f64,
     pub world: WorldConfig,
+    /// Jobs to replay instead of `jobs` generated ones (`runfleet simulate`).
+    pub trace: Option<Vec<TraceJob>>,
+}
+
+/// One job of a replayed trace.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TraceJob {
+    /// Queued this long after the start of the run.
+    pub at: Millis,
+    pub labels: Vec<String>,
+    /// How long it runs once a runner took it.
+    pub duration: Millis,
+    /// `owner/name`.
+    pub repo: String,
+}
+
+/// The config with every pool's `warm` set to 0: what the driver restarts
+/// the controller with once every job is done, so warm instances drain and
+/// the end-of-run invariants (nothing left) can be judged.
+pub fn without_warm(config: &Config) -> Config {
+    let mut c = config.clone();
+    for p in &mut c.pools {
+        p.warm = 0;
+    }
+    c
 }
 
 impl Default for SimOptions {
@@ -106,6 +131,7 @@ impl Default for SimOptions {
             restart_weight: 0.01,
             reorder_weight: 0.2,
             world: WorldConfig::default(),
+            trace: None,
         }
     }
 }
@@ -126,6 +152,7 @@ pub struct Progress {
 #[derive(Debug, Clone, Serialize)]
 pub struct Percentiles {
     pub p50: u64,
+    pub p90: u64,
     pub p99: u64,
     pub max: u64,
 }
@@ -135,6 +162,7 @@ impl Percentiles {
         if xs.is_empty() {
             return Percentiles {
                 p50: 0,
+                p90: 0,
                 p99: 0,
                 max: 0,
             };
@@ -143,6 +171,7 @@ impl Percentiles {
         let at = |q: f64| xs[(((xs.len() - 1) as f64) * q).round() as usize];
         Percentiles {
             p50: at(0.5),
+            p90: at(0.9),
             p99: at(0.99),
             max: *xs.last().expect("non-empty"),
         }
@@ -184,6 +213,21 @@ pub struct Summary {
     /// them (a fault class of the driver, next to the world's).
     pub webhooks_reordered: u64,
     pub terminations: std::collections::BTreeMap<String, u64>,
+    /// Instance time of this fleet by instance type and market (what the
+    /// run would be billed for).
+    pub usage: Vec<Usage>,
+    /// Jobs never launched for (no pool, repository not allowed, failed).
+    pub jobs_unserved: usize,
+}
+
+/// Seconds of instance time of one instance type in one market.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Usage {
+    pub instance_type: String,
+    /// `spot` or `on-demand`.
+    pub market: String,
+    pub instances: u64,
+    pub seconds: u64,
 }
 
 impl Summary {
@@ -292,9 +336,15 @@ pub async fn run_wrapped(
     let world = Arc::new(Mutex::new(World::new(wcfg)));
     let store = Arc::new(MemStore::new());
     let foreign;
+    let jobs = opts.trace.as_ref().map_or(opts.jobs, Vec::len);
     {
         let mut w = world.lock().unwrap();
         w.repos = vec!["acme/app".into(), "acme/lib".into(), "acme/infra".into()];
+        for t in opts.trace.iter().flatten() {
+            if !w.repos.contains(&t.repo) {
+                w.repos.push(t.repo.clone());
+            }
+        }
         foreign = w.add_foreign_instance("other-fleet");
         let recorded_store = store.clone();
         w.recorded = Some(Box::new(move |id| recorded_store.has_launch(id)));
@@ -304,7 +354,15 @@ pub async fn run_wrapped(
             (&["self-hosted", "windows", "x64"], 10),
             (&["self-hosted", "linux"], 10),
         ];
-        for n in 0..opts.jobs {
+        for (n, t) in opts.trace.iter().flatten().enumerate() {
+            let id = 1_000_000 + n as u64;
+            w.add_job(id, 5_000 + n as u64, &t.repo, t.labels.clone(), t.at);
+            if let Some(j) = w.jobs.get_mut(&id) {
+                j.duration = t.duration;
+            }
+        }
+        let generated = if opts.trace.is_some() { 0 } else { opts.jobs };
+        for n in 0..generated {
             let pick = w.rng.random_range(0..100);
             let mut acc = 0;
             let labels = mixes
@@ -333,7 +391,10 @@ pub async fn run_wrapped(
     let github: Arc<dyn GitHub> = wrap_github(Arc::new(SimGitHub(world.clone())));
     let cloud: Arc<dyn Cloud> = Arc::new(SimCloud(world.clone()));
     let dyn_store: Arc<dyn Store> = store.clone();
-    let new_engine = |now| {
+    let drained = Arc::new(without_warm(&config));
+    let warm_any = config.pools.iter().any(|p| p.warm > 0);
+    let mut draining = false;
+    let new_engine = |now, config: &Arc<Config>| {
         Engine::new(
             config.clone(),
             github.clone(),
@@ -343,7 +404,7 @@ pub async fn run_wrapped(
             now,
         )
     };
-    let mut engine = new_engine(0).await.map_err(|e| e.to_string())?;
+    let mut engine = new_engine(0, &config).await.map_err(|e| e.to_string())?;
     let reconcile_every = config.server.reconcile_interval.as_millis() as Millis;
     let mut next_reconcile = 0;
     let mut now: Millis = 0;
@@ -399,7 +460,8 @@ pub async fn run_wrapped(
                 *terminations.entry(k.clone()).or_insert(0) += v;
             }
             world.lock().unwrap().faults.controller_restarts += 1;
-            engine = new_engine(now).await.map_err(|e| e.to_string())?;
+            let cfg = if draining { &drained } else { &config };
+            engine = new_engine(now, cfg).await.map_err(|e| e.to_string())?;
             // A restarted controller reconciles at once.
             next_reconcile = now;
         }
@@ -426,7 +488,7 @@ pub async fn run_wrapped(
                 .count();
             let p = Progress {
                 now,
-                jobs: opts.jobs,
+                jobs,
                 queued: by.get("queued").copied().unwrap_or(0)
                     + by.get("pending").copied().unwrap_or(0),
                 launching,
@@ -453,6 +515,16 @@ pub async fn run_wrapped(
             (p, settled)
         };
         on_progress(&progress);
+        if progress.done == jobs && warm_any && !draining {
+            // Every job ran: the operator lowers `warm` to 0 and restarts,
+            // so the warm instances drain and nothing is left to judge.
+            draining = true;
+            for (k, v) in &engine.stats().terminations {
+                *terminations.entry(k.clone()).or_insert(0) += v;
+            }
+            engine = new_engine(now, &drained).await.map_err(|e| e.to_string())?;
+            next_reconcile = now;
+        }
         if settled {
             timed_out = false;
             break;
@@ -482,10 +554,42 @@ pub async fn run_wrapped(
         .values()
         .filter_map(|j| Some(j.started_at?.saturating_sub(j.queued_at?)))
         .collect();
+    let mut usage: std::collections::BTreeMap<(String, String), (u64, u64)> = Default::default();
+    for i in &ours {
+        let market = match i.market {
+            runfleet_core::config::CapacityMarket::Spot => "spot",
+            runfleet_core::config::CapacityMarket::OnDemand => "on-demand",
+        };
+        let e = usage
+            .entry((i.instance_type.clone(), market.to_string()))
+            .or_default();
+        e.0 += 1;
+        e.1 += i.gone_at.unwrap_or(w.now).saturating_sub(i.launched_at);
+    }
+    let usage = usage
+        .into_iter()
+        .map(|((instance_type, market), (instances, ms))| Usage {
+            instance_type,
+            market,
+            instances,
+            seconds: ms / 1000,
+        })
+        .collect();
+    let jobs_unserved = engine
+        .observed()
+        .jobs
+        .values()
+        .filter(|j| {
+            matches!(
+                j.state,
+                runfleet_core::model::JobState::Ignored | runfleet_core::model::JobState::Failed
+            )
+        })
+        .count();
     Ok(Summary {
         seed: opts.seed,
         faults: opts.faults,
-        jobs: opts.jobs,
+        jobs,
         completed: w
             .jobs
             .values()
@@ -526,5 +630,7 @@ pub async fn run_wrapped(
         faults_injected: w.faults.clone(),
         webhooks_reordered,
         terminations,
+        usage,
+        jobs_unserved,
     })
 }

@@ -30,4 +30,7 @@ pub mod adapters;
 pub mod driver;
 pub mod world;
 
-pub use driver::{Progress, SimOptions, Summary, demo_config, run, run_wrapped};
+pub use driver::{
+    Percentiles, Progress, SimOptions, Summary, TraceJob, Usage, demo_config, run, run_wrapped,
+    without_warm,
+};

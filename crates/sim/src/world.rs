@@ -567,8 +567,15 @@ impl World {
         }
         let fleet = inst.tag("runfleet:fleet").unwrap_or("").to_string();
         let path = param_path(&fleet, id);
+        // A warm instance's boot script waits for its config until its
+        // max lifetime (the engine renders it so and tags it `runfleet:warm`).
+        let poll_timeout = if inst.tag("runfleet:warm").is_some() {
+            inst.max_lifetime
+        } else {
+            self.cfg.jit_poll_timeout
+        };
         let Some(jit) = self.params.get(&path).cloned() else {
-            if self.now.saturating_sub(inst.launched_at) > self.cfg.jit_poll_timeout {
+            if self.now.saturating_sub(inst.launched_at) > poll_timeout {
                 self.power_off(id);
             } else {
                 self.schedule(self.now + 2_000, Event::BootPoll(id.to_string()));

@@ -189,6 +189,7 @@ pub fn instance(id: &str, launch_id: Option<&str>) -> Instance {
         terminate_reason: None,
         offering: None,
         interruption: None,
+        assigned: None,
     }
 }
 
@@ -475,6 +476,7 @@ pub fn arb_instance(id: impl Strategy<Value = String>) -> impl Strategy<Value = 
                 terminate_reason,
                 offering: None,
                 interruption: None,
+                assigned: None,
             },
         )
 }
@@ -948,6 +950,10 @@ pub async fn load_round_trips_every_field(db: &dyn TestDb) {
         interruption: Some(Interruption {
             kind: InterruptionKind::SpotWarning,
             at: u64::MAX,
+        }),
+        assigned: Some(runfleet_core::model::WarmAssignment {
+            job_id: u64::MAX,
+            at: i64::MAX as u64 + 9,
         }),
     };
     let plain_job = job(3, JobState::Ignored);
