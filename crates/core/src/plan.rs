@@ -898,8 +898,7 @@ impl<'a> Warm<'a> {
         for &i in ours {
             // Cheap test first: only a warm launch leaves a known instance
             // without a scope.
-            if !(i.scope.is_none() && i.launch_id.is_some() && i.alive())
-                || !is_waiting_warm(obs, i)
+            if !(i.scope.is_none() && i.launch_id.is_some() && i.alive() && is_waiting_warm(obs, i))
             {
                 continue;
             }
