@@ -293,15 +293,17 @@ pub async fn start(State(st): State<Arc<AppState>>, headers: HeaderMap, body: By
             );
         }
     }
-    if let Err(r) = st.api.may_act_for(&caller, token, &req.repo).await {
-        return refuse(&st, ROUTE, r);
-    }
     if !st.config.repo_allowed(&req.repo) {
         return refuse(
             &st,
             ROUTE,
             Refusal::forbidden(format!("repository {} is not in github.repos", req.repo)),
         );
+    }
+    // Then the caller's right to act for it (after the allow-list: no call
+    // to GitHub for a repository runfleet never serves).
+    if let Err(r) = st.api.may_act_for(&caller, token, &req.repo).await {
+        return refuse(&st, ROUTE, r);
     }
     let pool = match &req.pool {
         Some(name) => match st.config.pool(name) {
