@@ -15,12 +15,7 @@ pub fn run(jobs: usize, seed: u64, faults: f64, json: bool) -> Result<ExitCode> 
     if jobs == 0 {
         bail!("--jobs must be at least 1");
     }
-    let opts = SimOptions {
-        jobs,
-        seed,
-        faults,
-        ..SimOptions::default()
-    };
+    let opts = SimOptions::demo(jobs, seed, faults);
     let tty = std::io::stderr().is_terminal();
     let bar = if tty {
         let bar = ProgressBar::new(jobs as u64);

@@ -136,6 +136,22 @@ impl Default for SimOptions {
     }
 }
 
+impl SimOptions {
+    /// What `runfleet demo --jobs N --seed S --faults P` runs (and so what
+    /// a failing chaos seed's reproduction line replays): every fault class
+    /// at `faults`, spot interruptions included.
+    pub fn demo(jobs: usize, seed: u64, faults: f64) -> SimOptions {
+        let mut o = SimOptions {
+            jobs,
+            seed,
+            faults,
+            ..SimOptions::default()
+        };
+        o.world.spot_interruption_weight = 1.0;
+        o
+    }
+}
+
 /// What is happening, for a live display.
 #[derive(Debug, Clone, Serialize)]
 pub struct Progress {

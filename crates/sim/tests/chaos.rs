@@ -74,6 +74,7 @@ fn add(total: &mut FaultCounts, f: &FaultCounts) {
     total.slow_boots += f.slow_boots;
     total.broken_instances += f.broken_instances;
     total.controller_restarts += f.controller_restarts;
+    total.spot_interruptions += f.spot_interruptions;
 }
 
 /// Every fault class by name, with the driver's reordered webhooks.
@@ -92,6 +93,7 @@ fn classes(f: &FaultCounts, reordered: u64) -> Vec<(&'static str, u64)> {
         ("slow boots", f.slow_boots),
         ("runner never registers", f.broken_instances),
         ("controller restarts", f.controller_restarts),
+        ("spot interruptions", f.spot_interruptions),
     ]
 }
 
@@ -115,12 +117,7 @@ fn judge(s: &Summary) -> Vec<String> {
 fn simulate(seed: u64, jobs: usize, faults: f64) -> Summary {
     // Exactly what `runfleet demo --seed S --jobs N --faults P` runs, so the
     // reproduction line replays the same run.
-    let opts = SimOptions {
-        jobs,
-        seed,
-        faults,
-        ..SimOptions::default()
-    };
+    let opts = SimOptions::demo(jobs, seed, faults);
     let rt = tokio::runtime::Builder::new_current_thread()
         .build()
         .unwrap();
