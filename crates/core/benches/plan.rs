@@ -1,66 +1,27 @@
 //! One `plan()` over 10,000 queued jobs and 10,000 instances.
 
-use std::time::Duration;
-
 use criterion::{Criterion, criterion_group, criterion_main};
 use runfleet_core::config::*;
 use runfleet_core::model::*;
 use runfleet_core::plan::{Observed, plan};
 
+#[path = "../tests/support/mod.rs"]
+mod support;
+
 fn config() -> Config {
-    let pool = |name: &str, labels: &[&str]| PoolConfig {
-        name: name.into(),
-        labels: labels.iter().map(|s| s.to_string()).collect(),
-        launch_template: "lt-0".into(),
-        launch_template_version: None,
-        instance_types: vec!["m7i.large".into(), "m6i.large".into(), "m5.large".into()],
-        subnets: vec!["subnet-a".into(), "subnet-b".into()],
-        market: Market::SpotThenOnDemand,
-        os: Os::Linux,
-        arch: Arch::X64,
-        max_runners: 20_000,
-        warm: 0,
-        runner_scope: RunnerScope::Repo,
-        runner_group_id: 1,
-        max_lifetime: Duration::from_secs(6 * 3600),
-        runner_version: None,
-        setup_script: None,
-        role_arn: None,
-        external_id: None,
-        rerun_interrupted: true,
+    let pool = |name: &str, labels: &[&str]| {
+        let mut p = support::pool(name, labels, 20_000);
+        p.instance_types = support::strings(&["m7i.large", "m6i.large", "m5.large"]);
+        p
     };
-    Config {
-        fleet: "bench".into(),
-        server: ServerConfig {
-            listen: "127.0.0.1:0".into(),
-            store: "sqlite://x.db".into(),
-            reconcile_interval: Duration::from_secs(30),
-            completed_grace: Duration::from_secs(60),
-            boot_timeout: Duration::from_secs(600),
-            lease_ttl: Duration::from_secs(15),
-        },
-        github: GithubConfig {
-            api_url: "https://api.github.com".into(),
-            webhook_secret: None,
-            token: Some(Secret::new("t")),
-            app_id: None,
-            app_private_key: None,
-            installation_id: None,
-            repos: Some(vec!["acme/*".into()]),
-            poll: false,
-        },
-        aws: AwsConfig {
-            region: None,
-            role_arn: None,
-            external_id: None,
-            events_queue: None,
-        },
-        api: runfleet_core::config::ApiConfig::default(),
-        pools: vec![
+    support::config(
+        "bench",
+        &["acme/*"],
+        vec![
             pool("x64", &["self-hosted", "linux", "x64"]),
             pool("arm64", &["self-hosted", "linux", "arm64"]),
         ],
-    }
+    )
 }
 
 fn observed(jobs: u64, instances: u64) -> Observed {

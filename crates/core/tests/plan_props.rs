@@ -1,12 +1,14 @@
 //! Properties of the planner over random configs and observations.
 
 use std::collections::HashMap;
-use std::time::Duration;
 
 use proptest::prelude::*;
 use runfleet_core::config::*;
 use runfleet_core::model::*;
 use runfleet_core::plan::{Action, Observed, plan};
+use support::strings;
+
+mod support;
 
 const LABELS: [&[&str]; 4] = [
     &["self-hosted", "linux", "x64"],
@@ -15,69 +17,23 @@ const LABELS: [&[&str]; 4] = [
     &["self-hosted", "gpu"],
 ];
 
-fn strings(xs: &[&str]) -> Vec<String> {
-    xs.iter().map(|s| s.to_string()).collect()
-}
-
 fn config(max: [u32; 3], scope_org: bool) -> Config {
-    let pool = |name: &str, labels: &[&str], max_runners: u32| PoolConfig {
-        name: name.into(),
-        labels: strings(labels),
-        launch_template: "lt-0".into(),
-        launch_template_version: None,
-        instance_types: strings(&["m7i.large", "m6i.large"]),
-        subnets: strings(&["subnet-a", "subnet-b"]),
-        market: Market::SpotThenOnDemand,
-        os: Os::Linux,
-        arch: Arch::X64,
-        max_runners,
-        warm: 0,
-        runner_scope: if scope_org {
-            RunnerScope::Org
-        } else {
-            RunnerScope::Repo
-        },
-        runner_group_id: 1,
-        max_lifetime: Duration::from_secs(6 * 3600),
-        runner_version: None,
-        setup_script: None,
-        role_arn: None,
-        external_id: None,
-        rerun_interrupted: true,
+    let pool = |name: &str, labels: &[&str], max_runners: u32| {
+        let mut p = support::pool(name, labels, max_runners);
+        if scope_org {
+            p.runner_scope = RunnerScope::Org;
+        }
+        p
     };
-    Config {
-        fleet: "ours".into(),
-        server: ServerConfig {
-            listen: "127.0.0.1:0".into(),
-            store: "sqlite://x.db".into(),
-            reconcile_interval: Duration::from_secs(30),
-            completed_grace: Duration::from_secs(60),
-            boot_timeout: Duration::from_secs(600),
-            lease_ttl: Duration::from_secs(15),
-        },
-        github: GithubConfig {
-            api_url: "https://api.github.com".into(),
-            webhook_secret: None,
-            token: Some(Secret::new("t")),
-            app_id: None,
-            app_private_key: None,
-            installation_id: None,
-            repos: Some(strings(&["acme/*"])),
-            poll: false,
-        },
-        aws: AwsConfig {
-            region: None,
-            role_arn: None,
-            external_id: None,
-            events_queue: None,
-        },
-        api: runfleet_core::config::ApiConfig::default(),
-        pools: vec![
+    support::config(
+        "ours",
+        &["acme/*"],
+        vec![
             pool("linux-x64", LABELS[0], max[0]),
             pool("linux-arm64", LABELS[1], max[1]),
             pool("windows", &["self-hosted", "windows", "x64"], max[2]),
         ],
-    }
+    )
 }
 
 const POOLS: [&str; 3] = ["linux-x64", "linux-arm64", "windows"];

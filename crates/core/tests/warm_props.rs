@@ -18,69 +18,29 @@ use proptest::prelude::*;
 use runfleet_core::config::*;
 use runfleet_core::model::*;
 use runfleet_core::plan::{Action, Observed, is_waiting_warm, plan};
+use support::strings;
 
-fn strings(xs: &[&str]) -> Vec<String> {
-    xs.iter().map(|s| s.to_string()).collect()
-}
+mod support;
 
 const POOL_LABELS: [&[&str]; 2] = [&["self-hosted", "linux", "x64"], &["self-hosted", "gpu"]];
 const REPOS: [&str; 3] = ["acme/app", "acme/lib", "other/x"];
 
 fn config(max: [u32; 2], warm: [u32; 2], org: bool) -> Config {
-    let pool = |i: usize| PoolConfig {
-        name: format!("p{i}"),
-        labels: strings(POOL_LABELS[i]),
-        launch_template: "lt-0".into(),
-        launch_template_version: None,
-        instance_types: strings(&["m7i.large"]),
-        subnets: vec![],
-        market: Market::OnDemand,
-        os: Os::Linux,
-        arch: Arch::X64,
-        max_runners: max[i],
-        warm: warm[i].min(max[i]),
-        runner_scope: if org {
-            RunnerScope::Org
-        } else {
-            RunnerScope::Repo
-        },
-        runner_group_id: 1,
-        max_lifetime: Duration::from_secs(2 * 3600),
-        runner_version: None,
-        setup_script: None,
-        role_arn: None,
-        external_id: None,
-        rerun_interrupted: true,
+    let pool = |i: usize| {
+        let mut p = support::pool(&format!("p{i}"), POOL_LABELS[i], max[i]);
+        p.instance_types = strings(&["m7i.large"]);
+        p.subnets = vec![];
+        p.market = Market::OnDemand;
+        p.warm = warm[i].min(max[i]);
+        if org {
+            p.runner_scope = RunnerScope::Org;
+        }
+        p.max_lifetime = Duration::from_secs(2 * 3600);
+        p
     };
-    Config {
-        fleet: "ours".into(),
-        server: ServerConfig {
-            listen: "127.0.0.1:0".into(),
-            store: "sqlite://x.db".into(),
-            reconcile_interval: Duration::from_secs(30),
-            completed_grace: Duration::from_secs(60),
-            boot_timeout: Duration::from_secs(300),
-            lease_ttl: Duration::from_secs(15),
-        },
-        github: GithubConfig {
-            api_url: "https://api.github.com".into(),
-            webhook_secret: None,
-            token: Some(Secret::new("t")),
-            app_id: None,
-            app_private_key: None,
-            installation_id: None,
-            repos: Some(strings(&["acme/*", "other/*"])),
-            poll: false,
-        },
-        aws: AwsConfig {
-            region: None,
-            role_arn: None,
-            external_id: None,
-            events_queue: None,
-        },
-        api: runfleet_core::config::ApiConfig::default(),
-        pools: vec![pool(0), pool(1)],
-    }
+    let mut c = support::config("ours", &["acme/*", "other/*"], vec![pool(0), pool(1)]);
+    c.server.boot_timeout = Duration::from_secs(300);
+    c
 }
 
 /// One step of the scenario.
