@@ -124,6 +124,23 @@ enum Command {
         #[command(subcommand)]
         command: ConfigCommand,
     },
+    /// Replay a job trace against the configured pools in the simulator
+    /// (no credentials, no network): queue times, instance-hours and cost,
+    /// as configured and with other `warm` and `market` settings.
+    Simulate {
+        /// CSV: queued (seconds or RFC 3339), labels, duration seconds[, repo].
+        #[arg(long)]
+        trace: PathBuf,
+        /// CSV: instance_type, on_demand, spot (USD per hour), over the built-in table.
+        #[arg(long)]
+        prices: Option<PathBuf>,
+        /// Seed of the simulation.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Print one JSON object on stdout.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -189,6 +206,7 @@ mod launch;
 mod ops;
 mod progress;
 mod serve;
+mod simulate;
 mod start;
 mod status;
 
@@ -198,7 +216,7 @@ fn main() -> ExitCode {
     // that are the point of the exercise, not news: errors only there.
     // `launch` and `start` show their own progress on stderr: warnings only.
     let default_filter = match cli.command {
-        Command::Demo { .. } => "error",
+        Command::Demo { .. } | Command::Simulate { .. } => "error",
         Command::Launch { .. } | Command::Start { .. } => "warn",
         _ => "info",
     };
@@ -277,5 +295,11 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Check => ops::check(load_config(&cli.config)?),
         Command::Reap { dry_run } => ops::reap(load_config(&cli.config)?, dry_run),
         Command::Status { json } => status::run(load_config(&cli.config)?, json),
+        Command::Simulate {
+            trace,
+            prices,
+            seed,
+            json,
+        } => simulate::run(&cli.config, &trace, prices.as_deref(), seed, json),
     }
 }
