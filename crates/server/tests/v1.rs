@@ -3,7 +3,6 @@
 //! (for the token-and-HMAC scheme's "can this token read the repository").
 //! Every refusal must store nothing and launch nothing.
 
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
@@ -12,14 +11,11 @@ use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use rsa::pkcs1::EncodeRsaPrivateKey;
 use rsa::traits::PublicKeyParts;
 use runfleet_engine::driver::now_ms;
-use runfleet_engine::memstore::MemStore;
-use runfleet_engine::{Engine, EngineOptions};
 use runfleet_github::fake::FakeGitHub;
 use runfleet_server::v1::auth::sign;
-use runfleet_server::{Running, start};
-use runfleet_sim::adapters::{SimCloud, SimGitHub};
-use runfleet_sim::world::{World, WorldConfig};
 use serde_json::{Value, json};
+
+mod common;
 
 const AUDIENCE: &str = "runfleet";
 
@@ -88,11 +84,7 @@ impl Issuer {
 }
 
 struct Rig {
-    running: Running,
-    world: Arc<Mutex<World>>,
-    store: Arc<MemStore>,
-    url: String,
-    http: reqwest::Client,
+    svc: common::Service,
     issuer: Issuer,
     fake: FakeGitHub,
 }
@@ -108,29 +100,8 @@ async fn rig(max_runs: u32) -> Rig {
     config.github.api_url = fake.url().to_string();
     config.github.repos = Some(vec!["acme/app".into(), "acme/lib".into()]);
     config.server.reconcile_interval = Duration::from_millis(100);
-    let mut world = World::new(WorldConfig::default());
-    world.now = now_ms();
-    world.repos = vec!["acme/app".into(), "acme/lib".into()];
-    let world = Arc::new(Mutex::new(world));
-    let store = Arc::new(MemStore::new());
-    let engine = Engine::new(
-        Arc::new(config),
-        Arc::new(SimGitHub(world.clone())),
-        Arc::new(SimCloud(world.clone())),
-        store.clone(),
-        EngineOptions::default(),
-        now_ms(),
-    )
-    .await
-    .unwrap();
-    let running = start(engine, "127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", running.addr);
     Rig {
-        running,
-        world,
-        store,
-        url,
-        http: reqwest::Client::new(),
+        svc: common::service_with(config).await,
         issuer,
         fake,
     }
@@ -147,8 +118,9 @@ fn body(repo: &str, pool: Option<&str>) -> String {
 impl Rig {
     async fn start_oidc(&self, token: &str, body: &str) -> (u16, Value) {
         let r = self
+            .svc
             .http
-            .post(format!("{}/v1/start", self.url))
+            .post(format!("{}/v1/start", self.svc.url))
             .bearer_auth(token)
             .header("content-type", "application/json")
             .body(body.to_string())
@@ -160,8 +132,9 @@ impl Rig {
     }
 
     async fn start_hmac(&self, token: &str, body: &str) -> reqwest::Response {
-        self.http
-            .post(format!("{}/v1/start", self.url))
+        self.svc
+            .http
+            .post(format!("{}/v1/start", self.svc.url))
             .header("x-github-token", token)
             .header("x-github-signature", sign(token, body.as_bytes()))
             .header("content-type", "application/json")
@@ -173,8 +146,9 @@ impl Rig {
 
     async fn run(&self, id: &str, token: &str) -> (u16, Value) {
         let r = self
+            .svc
             .http
-            .get(format!("{}/v1/runs/{id}", self.url))
+            .get(format!("{}/v1/runs/{id}", self.svc.url))
             .bearer_auth(token)
             .send()
             .await
@@ -187,8 +161,9 @@ impl Rig {
     async fn steps_pass(&self, n: u64) {
         let steps = || async {
             let v: Value = self
+                .svc
                 .http
-                .get(format!("{}/status.json", self.url))
+                .get(format!("{}/status.json", self.svc.url))
                 .send()
                 .await
                 .unwrap()
@@ -206,7 +181,7 @@ impl Rig {
     }
 
     fn instances(&self) -> usize {
-        let w = self.world.lock().unwrap();
+        let w = self.svc.world.lock().unwrap();
         w.instances
             .values()
             .filter(|i| i.tag("runfleet:fleet") == Some("demo"))
@@ -236,7 +211,7 @@ async fn oidc_token_gets_a_runner_that_comes_online() {
     let mut seen = Vec::new();
     let last = loop {
         {
-            let mut w = rig.world.lock().unwrap();
+            let mut w = rig.svc.world.lock().unwrap();
             let t = w.now + 5_000;
             w.advance_to(t);
         }
@@ -259,7 +234,7 @@ async fn oidc_token_gets_a_runner_that_comes_online() {
         Some(format!("runfleet-linux-x64-{iid}").as_str())
     );
     let runner_labels = {
-        let w = rig.world.lock().unwrap();
+        let w = rig.svc.world.lock().unwrap();
         w.runners
             .values()
             .find(|r| Some(r.name.as_str()) == last["runner_name"].as_str())
@@ -268,7 +243,7 @@ async fn oidc_token_gets_a_runner_that_comes_online() {
             .clone()
     };
     assert_eq!(runner_labels, labels, "only the run's labels");
-    rig.running.stop().await;
+    rig.svc.running.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -288,16 +263,17 @@ async fn hmac_request_gets_a_run_and_a_replay_is_refused() {
     assert!(!e.to_string().contains(&pat), "the token is never echoed");
     // Polling with the HMAC scheme signs the empty body.
     let r = rig
+        .svc
         .http
-        .get(format!("{}/v1/runs/{id}", rig.url))
+        .get(format!("{}/v1/runs/{id}", rig.svc.url))
         .header("x-github-token", &pat)
         .header("x-github-signature", sign(&pat, b""))
         .send()
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
-    assert_eq!(rig.store.deliveries(), 1, "one request stored");
-    rig.running.stop().await;
+    assert_eq!(rig.svc.store.deliveries(), 1, "one request stored");
+    rig.svc.running.stop().await;
 }
 
 /// Every bad input is refused with its status, a reason, and nothing stored.
@@ -432,8 +408,9 @@ async fn bad_requests_are_refused_and_store_nothing() {
     assert_eq!(r.status(), 401);
     assert!(r.text().await.unwrap().contains("time"));
     let r = rig
+        .svc
         .http
-        .post(format!("{}/v1/start", rig.url))
+        .post(format!("{}/v1/start", rig.svc.url))
         .header("x-github-token", &pat)
         .header("x-github-signature", sign("another-token", good.as_bytes()))
         .body(good.clone())
@@ -448,8 +425,9 @@ async fn bad_requests_are_refused_and_store_nothing() {
     let r = rig.start_hmac(&pat, &body("acme/nothere", None)).await;
     assert_eq!(r.status(), 403, "the token cannot read that repository");
     let r = rig
+        .svc
         .http
-        .post(format!("{}/v1/start", rig.url))
+        .post(format!("{}/v1/start", rig.svc.url))
         .body(good.clone())
         .send()
         .await
@@ -457,12 +435,13 @@ async fn bad_requests_are_refused_and_store_nothing() {
     assert_eq!(r.status(), 401, "no credentials");
 
     // Nothing stored, nothing launched.
-    assert_eq!(rig.store.deliveries(), 0);
+    assert_eq!(rig.svc.store.deliveries(), 0);
     rig.steps_pass(3).await;
     assert_eq!(rig.instances(), 0);
     let metrics = rig
+        .svc
         .http
-        .get(format!("{}/metrics", rig.url))
+        .get(format!("{}/metrics", rig.svc.url))
         .send()
         .await
         .unwrap()
@@ -473,7 +452,7 @@ async fn bad_requests_are_refused_and_store_nothing() {
         metrics.contains(r#"runfleet_api_requests_total{route="start",outcome="unauthorized"}"#)
     );
     assert!(!metrics.contains(&pat));
-    rig.running.stop().await;
+    rig.svc.running.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -487,8 +466,9 @@ async fn per_repo_cap_answers_429_and_runs_are_private() {
         ids.push(v["id"].as_str().unwrap().to_string());
     }
     let r = rig
+        .svc
         .http
-        .post(format!("{}/v1/start", rig.url))
+        .post(format!("{}/v1/start", rig.svc.url))
         .bearer_auth(&token)
         .body(body("acme/app", None))
         .send()
@@ -496,7 +476,7 @@ async fn per_repo_cap_answers_429_and_runs_are_private() {
         .unwrap();
     assert_eq!(r.status(), 429);
     assert!(r.headers().get("retry-after").is_some());
-    assert_eq!(rig.store.deliveries(), 2);
+    assert_eq!(rig.svc.store.deliveries(), 2);
     // Another repository has its own allowance.
     let other = rig.issuer.token("acme/lib");
     let (status, _) = rig.start_oidc(&other, &body("acme/lib", None)).await;
@@ -508,7 +488,7 @@ async fn per_repo_cap_answers_429_and_runs_are_private() {
     assert_eq!(status, 404);
     let (status, v) = rig.run(&ids[0], &token).await;
     assert_eq!(status, 200, "{v}");
-    rig.running.stop().await;
+    rig.svc.running.stop().await;
 }
 
 #[test]

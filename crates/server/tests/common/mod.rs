@@ -28,6 +28,12 @@ pub async fn service() -> Service {
         config.github.webhook_secret.as_ref().map(|s| s.expose()),
         Some(SECRET)
     );
+    service_with(config).await
+}
+
+/// A service with `config` (the demo's, adjusted) over a fresh simulated
+/// world whose repositories are acme/app, acme/lib and acme/infra.
+pub async fn service_with(config: runfleet_core::config::Config) -> Service {
     let mut world = World::new(WorldConfig::default());
     world.now = now_ms();
     world.repos = vec!["acme/app".into(), "acme/lib".into(), "acme/infra".into()];
