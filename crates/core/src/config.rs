@@ -165,6 +165,14 @@ pub struct ServerConfig {
     /// lease's period. The leader renews it every third of it; a replica
     /// takes over at most this long (plus a third) after the leader died.
     pub lease_ttl: Duration,
+    /// Launch batching: a pool's launches that come due within this long of
+    /// its last launch call wait and go out together as one call (the first
+    /// launch after a quiet spell goes at once: a lone job is never held).
+    /// Zero: no waiting (launches still go together when several are due
+    /// at once, or while EC2's request bucket is empty).
+    pub launch_batch_window: Duration,
+    /// At most this many instances per launch call.
+    pub launch_batch_max: u32,
 }
 
 impl fmt::Debug for ServerConfig {
@@ -176,6 +184,8 @@ impl fmt::Debug for ServerConfig {
             .field("completed_grace", &self.completed_grace)
             .field("boot_timeout", &self.boot_timeout)
             .field("lease_ttl", &self.lease_ttl)
+            .field("launch_batch_window", &self.launch_batch_window)
+            .field("launch_batch_max", &self.launch_batch_max)
             .finish()
     }
 }
@@ -540,6 +550,8 @@ struct RawServer {
     completed_grace: Option<RawStr>,
     boot_timeout: Option<RawStr>,
     lease_ttl: Option<RawStr>,
+    launch_batch_window: Option<RawStr>,
+    launch_batch_max: Option<Spanned<RawInt>>,
 }
 
 #[derive(Deserialize)]
@@ -653,13 +665,24 @@ impl<'de> Deserialize<'de> for RawBool {
 // Parsing
 // ---------------------------------------------------------------------------
 
+/// `server.launch_batch_window` unless set: short enough that a job that
+/// waits for others to share its launch call still reaches EC2 well inside
+/// 50 ms, long enough to gather a burst of webhooks.
+pub const DEFAULT_LAUNCH_BATCH_WINDOW: Duration = Duration::from_millis(25);
+/// `server.launch_batch_max` unless set.
+pub const DEFAULT_LAUNCH_BATCH_MAX: u32 = 20;
+/// The largest `server.launch_batch_max` accepted (EC2's instance bucket
+/// holds 1,000 launches; a call for more is throttled whole).
+pub const MAX_LAUNCH_BATCH: u32 = 1000;
+
 /// Reads, resolves and validates a config. `secrets` answers `env:NAME` and
 /// `file:PATH` values. The first problem found is returned; see
 /// [`ConfigError`].
 ///
 /// Defaults: `server.listen` "127.0.0.1:8080", `server.store`
 /// "sqlite://runfleet.db", `reconcile_interval` 30s, `completed_grace` 60s,
-/// `boot_timeout` 10m, `lease_ttl` 15s; `github.api_url` `"https://api.github.com"`, `poll`
+/// `boot_timeout` 10m, `lease_ttl` 15s, `launch_batch_window` 25ms,
+/// `launch_batch_max` 20; `github.api_url` `"https://api.github.com"`, `poll`
 /// false; per pool `subnets` [] (the launch template's), `market`
 /// "on-demand" (never a spot interruption unless asked for), `os` "linux",
 /// `arch` "x64", `max_runners` 10, `warm` 0, `runner_scope` "repo",
@@ -1288,6 +1311,8 @@ impl Cx<'_> {
             completed_grace: None,
             boot_timeout: None,
             lease_ttl: None,
+            launch_batch_window: None,
+            launch_batch_max: None,
         };
         let r = raw.map(Spanned::get_ref).unwrap_or(&empty);
         let listen = match self.opt_string("server.listen", r.listen.as_ref())? {
@@ -1343,6 +1368,25 @@ impl Cx<'_> {
                     false,
                 )?
                 .v,
+            launch_batch_window: self
+                .duration(
+                    "server.launch_batch_window",
+                    r.launch_batch_window.as_ref(),
+                    DEFAULT_LAUNCH_BATCH_WINDOW,
+                    true,
+                )?
+                .v,
+            launch_batch_max: u32::try_from(
+                self.int_in(
+                    "server.launch_batch_max",
+                    r.launch_batch_max.as_ref(),
+                    i64::from(DEFAULT_LAUNCH_BATCH_MAX),
+                    1,
+                    i64::from(MAX_LAUNCH_BATCH),
+                )?
+                .v,
+            )
+            .unwrap_or(DEFAULT_LAUNCH_BATCH_MAX),
         })
     }
 

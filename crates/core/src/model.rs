@@ -300,8 +300,10 @@ pub enum LaunchState {
     Failed,
 }
 
-/// One request for one instance, recorded before the cloud call. Its id is
-/// the call's idempotency token.
+/// One request for one instance, recorded before the cloud call. Launches
+/// of one pool go out together as one call (a [`LaunchBatch`], recorded in
+/// every member before the call); the batch id is the call's idempotency
+/// token. A batch of one carries the launch's own id.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Launch {
     pub id: String,
@@ -318,8 +320,24 @@ pub struct Launch {
     pub instance_id: Option<String>,
     pub error: Option<(ErrorKind, String)>,
     /// A call that failed in a way that may pass is made again, with the
-    /// same id, no earlier than this.
+    /// same id, no earlier than this; a launch waiting to share a call
+    /// (batching window, EC2's buckets) waits until then too.
     pub not_before: Millis,
+    /// The call this launch went out in: set (and stored) just before the
+    /// call; `None` while the launch has not been sent. A batch that may
+    /// not have happened is sent again whole, with the same id and size.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batch: Option<LaunchBatch>,
+}
+
+/// One launch call for several launches of a pool: `size` instances asked
+/// for with the idempotency token `id`. The instances it returns go to its
+/// members in order of launch id (an instance already bound keeps its
+/// launch), whether learnt from the call's answer or from a listing.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LaunchBatch {
+    pub id: String,
+    pub size: u32,
 }
 
 impl Launch {

@@ -133,6 +133,7 @@ fn launch() -> impl Strategy<Value = Launch> {
         instance_id: None,
         error: None,
         not_before: 0,
+        batch: None,
     })
 }
 
@@ -337,6 +338,7 @@ fn a_new_launch_goes_to_the_job_without_one() {
         instance_id: None,
         error: None,
         not_before: u64::MAX,
+        batch: None,
     };
     obs.launches.insert(l.id.clone(), l);
     let launches: Vec<String> = plan(&cfg, &obs, 10)

@@ -153,6 +153,7 @@ impl Model {
                             instance_id: Some(iid.clone()),
                             error: None,
                             not_before: 0,
+                            batch: None,
                         },
                     );
                     self.obs.instances.insert(

@@ -75,6 +75,16 @@ pub async fn drive(
     }
 }
 
+/// How long to wait for intake before stepping again: a tick, or less when
+/// a recorded launch comes due sooner (batching window, EC2's buckets).
+fn pause(engine: &Engine) -> Duration {
+    let now = now_ms();
+    match engine.next_due(now) {
+        Some(due) => Duration::from_millis(due - now).min(TICK),
+        None => TICK,
+    }
+}
+
 async fn drive_alone(
     mut engine: Engine,
     waker: Waker,
@@ -102,7 +112,7 @@ async fn drive_alone(
         publish(&mut engine);
         tokio::select! {
             _ = waker.woken() => {}
-            _ = tokio::time::sleep(TICK) => {}
+            _ = tokio::time::sleep(pause(&engine)) => {}
             _ = shutdown.changed() => {}
         }
     }
@@ -190,7 +200,7 @@ async fn drive_replica(
         publish(&mut engine);
         tokio::select! {
             _ = waker.woken() => {}
-            _ = tokio::time::sleep(TICK) => {}
+            _ = tokio::time::sleep(pause(&engine)) => {}
             _ = shutdown.changed() => {}
             _ = changes.changed() => {}
             // A webhook stored by another replica: the leader steps now.

@@ -1,5 +1,6 @@
 //! The controller loop body: intake -> plan -> execute -> observe.
 
+mod batch;
 mod interruptions;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
@@ -10,7 +11,8 @@ use runfleet_core::bucket::TokenBucket;
 use runfleet_core::config::Config;
 use runfleet_core::model::{
     ErrorKind, Instance, InstanceState, IntakeEvent, Job, JobEvent, JobState, JobStatus, Launch,
-    LaunchState, Millis, Scope, StartRequest, Unavailable, WarmAssignment, instance_of_runner,
+    LaunchBatch, LaunchState, Millis, Scope, StartRequest, Unavailable, WarmAssignment,
+    instance_of_runner,
 };
 use runfleet_core::plan::{
     Action, LaunchPlan, Observed, UNAVAILABLE_FOR_MS, marks_unavailable, plan, retry_backoff,
@@ -21,8 +23,8 @@ use serde::Serialize;
 use tracing::{info, warn};
 
 use crate::ports::{
-    Cloud, GitHub, JitRequest, LaunchOutcome, LaunchRequest, Mutation, PortError, PortResult,
-    Store, TimelineEvent,
+    Cloud, GitHub, JitRequest, LaunchOutcome, LaunchRequest, Launched, Mutation, PortError,
+    PortResult, Store, TimelineEvent,
 };
 
 /// Tag keys runfleet sets on every instance.
@@ -49,6 +51,9 @@ pub struct EngineOptions {
     pub concurrency: usize,
     /// Client-side pacing of launch calls (EC2's RunInstances/CreateFleet bucket).
     pub launch_bucket: (u32, f64),
+    /// Client-side pacing of instances launched (EC2's instance bucket:
+    /// a call for more instances than it holds is refused whole).
+    pub instance_bucket: (u32, f64),
     /// Plan/execute rounds per step at most.
     pub max_rounds: usize,
     /// List runners in every scope the config can use (each allowed
@@ -69,6 +74,7 @@ impl Default for EngineOptions {
         EngineOptions {
             concurrency: 16,
             launch_bucket: (5, 2.0),
+            instance_bucket: (1000, 2.0),
             max_rounds: 6,
             list_all_scopes: false,
             lease: None,
@@ -159,9 +165,15 @@ impl Health {
     }
 }
 
+/// One piece of I/O to run: an action, or a launch call for a batch.
+enum Io {
+    Act(Action),
+    Launch(batch::LaunchCall),
+}
+
 enum Outcome {
     Launch {
-        id: String,
+        batch: String,
         result: PortResult<LaunchOutcome>,
     },
     Provision {
@@ -217,6 +229,9 @@ pub struct Engine {
     health: Health,
     opts: EngineOptions,
     launch_bucket: TokenBucket,
+    instance_bucket: TokenBucket,
+    /// When each pool's last launch call went out (batching window).
+    last_launch_call: HashMap<String, Millis>,
     user_data: HashMap<String, Result<String, String>>,
     /// The boot script of each pool's warm instances: the same, but it
     /// waits for its runner config until `max_lifetime` (it is handed a job
@@ -265,6 +280,7 @@ impl Engine {
         let user_data = render_all(false);
         let warm_user_data = render_all(true);
         let (cap, rate) = opts.launch_bucket;
+        let (icap, irate) = opts.instance_bucket;
         Ok(Engine {
             cfg,
             github,
@@ -278,6 +294,8 @@ impl Engine {
                 ..Health::default()
             },
             launch_bucket: TokenBucket::new(cap, rate, now),
+            instance_bucket: TokenBucket::new(icap, irate, now),
+            last_launch_call: HashMap::new(),
             opts,
             user_data,
             warm_user_data,
@@ -508,6 +526,7 @@ impl Engine {
             instance_id: None,
             error: None,
             not_before: 0,
+            batch: None,
         };
         let what = if pool.is_none() {
             let msg = format!("pool {:?} is not configured", req.pool);
@@ -701,6 +720,7 @@ impl Engine {
     async fn execute(&mut self, actions: Vec<Action>, now: Millis) -> PortResult<usize> {
         let mut pre = Vec::new();
         let mut io = Vec::new();
+        let mut launches = Vec::new();
         let mut progressed = 0;
         for a in actions {
             match a {
@@ -736,33 +756,13 @@ impl Engine {
                         progressed += 1;
                     }
                 }
-                Action::Launch(lp) => {
-                    if !self.launch_bucket.try_take(1, now) {
-                        // Paced: record it now (so it counts against max_runners and
-                        // is resumed with the same id) but call later.
-                        let ready = self.launch_bucket.ready_at(1, now);
-                        if lp.resume {
-                            if let Some(l) = self.obs.launches.get_mut(&lp.id) {
-                                l.not_before = ready;
-                            }
-                            continue;
-                        }
-                        let l = self.record_launch(&lp, now, &mut pre);
-                        l.not_before = ready;
-                        let l = l.clone();
-                        pre.push(Mutation::PutLaunch(l));
-                        progressed += 1;
-                        continue;
-                    }
-                    if !lp.resume {
-                        let l = self.record_launch(&lp, now, &mut pre).clone();
-                        pre.push(Mutation::PutLaunch(l));
-                    }
-                    io.push(Action::Launch(lp));
-                }
-                other => io.push(other),
+                Action::Launch(lp) => launches.push(lp),
+                other => io.push(Io::Act(other)),
             }
         }
+        let (calls, sent) = self.form_launch_calls(launches, now, &mut pre);
+        progressed += sent;
+        io.extend(calls.into_iter().map(Io::Launch));
         // Invariant: launches are durable before any cloud call.
         if !pre.is_empty() {
             self.store.apply(&pre).await?;
@@ -847,21 +847,28 @@ impl Engine {
                 instance_id: None,
                 error: None,
                 not_before: 0,
+                batch: None,
             },
         );
         self.obs.launches.get_mut(&lp.id).expect("just inserted")
     }
 
-    async fn run(&self, a: Action) -> Outcome {
+    async fn run(&self, io: Io) -> Outcome {
         let fleet = self.cfg.fleet.as_str();
-        match a {
-            Action::Launch(lp) => {
-                let result = match self.launch_request(&lp) {
+        let a = match io {
+            Io::Launch(call) => {
+                let result = match self.launch_request(&call.plan, &call.batch) {
                     Ok(req) => self.cloud.launch(&req).await,
                     Err(e) => Err(e),
                 };
-                Outcome::Launch { id: lp.id, result }
+                return Outcome::Launch {
+                    batch: call.batch.id,
+                    result,
+                };
             }
+            Io::Act(a) => a,
+        };
+        match a {
             Action::ProvisionRunner {
                 instance_id,
                 scope,
@@ -928,7 +935,7 @@ impl Engine {
                 let result = self.github.rerun_job(&repo, job_id).await;
                 Outcome::Rerun { job_id, result }
             }
-            Action::MarkJob { .. } | Action::AssignWarm { .. } => {
+            Action::MarkJob { .. } | Action::AssignWarm { .. } | Action::Launch(_) => {
                 unreachable!("applied before I/O")
             }
         }
@@ -955,7 +962,7 @@ impl Engine {
         Ok(jit.runner_id)
     }
 
-    fn launch_request(&self, lp: &LaunchPlan) -> PortResult<LaunchRequest> {
+    fn launch_request(&self, lp: &LaunchPlan, batch: &LaunchBatch) -> PortResult<LaunchRequest> {
         let pool = self.cfg.pool(&lp.pool).ok_or_else(|| {
             PortError::new(
                 ErrorKind::Invalid,
@@ -996,13 +1003,14 @@ impl Engine {
             (TAG_FLEET.to_string(), self.cfg.fleet.clone()),
             (TAG_POOL.to_string(), pool.name.clone()),
             ("Name".to_string(), name),
-            (TAG_LAUNCH.to_string(), lp.id.clone()),
+            (TAG_LAUNCH.to_string(), batch.id.clone()),
         ];
         if lp.is_warm() {
             tags.push((TAG_WARM.to_string(), "true".to_string()));
         }
         Ok(LaunchRequest {
-            client_token: lp.id.clone(),
+            client_token: batch.id.clone(),
+            count: batch.size.max(1),
             fleet: self.cfg.fleet.clone(),
             pool: pool.name.clone(),
             launch_template: pool.launch_template.clone(),
@@ -1024,7 +1032,7 @@ impl Engine {
     /// Applies one outcome to the state; returns whether it succeeded.
     fn absorb(&mut self, o: Outcome, now: Millis, muts: &mut Vec<Mutation>) -> bool {
         match o {
-            Outcome::Launch { id, result } => self.absorb_launch(&id, result, now, muts),
+            Outcome::Launch { batch, result } => self.absorb_launch(&batch, result, now, muts),
             Outcome::Provision {
                 instance_id,
                 result,
@@ -1119,17 +1127,35 @@ impl Engine {
         }
     }
 
+    /// Applies a launch call's answer to the members of its batch: the
+    /// instances go to the members still waiting, in order of launch id
+    /// (an instance already known keeps its launch); a member left without
+    /// one has failed. An error that may pass leaves them all waiting, to
+    /// be sent again whole.
     fn absorb_launch(
         &mut self,
-        id: &str,
+        batch_id: &str,
         result: PortResult<LaunchOutcome>,
         now: Millis,
         muts: &mut Vec<Mutation>,
     ) -> bool {
-        let Some(launch) = self.obs.launches.get(id).cloned() else {
+        let members = self.batch_members(batch_id);
+        let Some(pool) = members
+            .first()
+            .and_then(|id| self.obs.launches.get(id))
+            .map(|l| l.pool.clone())
+        else {
             return false;
         };
-        let pool = launch.pool.clone();
+        let waiting: Vec<String> = members
+            .into_iter()
+            .filter(|id| {
+                self.obs
+                    .launches
+                    .get(id)
+                    .is_some_and(|l| l.state == LaunchState::Requested)
+            })
+            .collect();
         match result {
             Ok(out) => {
                 for (offering, err) in &out.errors {
@@ -1142,82 +1168,107 @@ impl Engine {
                         });
                     }
                 }
-                let mut l = launch;
-                match out.instance {
-                    Some(inst) => {
-                        l.state = LaunchState::Launched;
-                        l.instance_id = Some(inst.instance_id.clone());
-                        *self.stats.launched.entry(pool.clone()).or_default() += 1;
-                        let instance = Instance {
-                            id: inst.instance_id.clone(),
-                            fleet: self.cfg.fleet.clone(),
-                            pool: pool.clone(),
-                            state: InstanceState::Pending,
-                            launched_at: inst.launched_at,
-                            launch_id: Some(l.id.clone()),
-                            // A warm instance has no scope until it is given a job.
-                            scope: (!l.is_warm()).then(|| l.scope.clone()),
-                            unique_label: l.unique_label.clone(),
-                            market: Some(inst.offering.market),
-                            offering: Some(inst.offering.clone()),
-                            interruption: None,
-                            jit_written: false,
-                            param_present: false,
-                            runner_online_at: None,
-                            busy: false,
-                            job_done_at: None,
-                            terminate_requested_at: None,
-                            terminate_reason: None,
-                            assigned: None,
-                        };
-                        info!(job_id = l.job_id, pool = %pool, instance_id = %instance.id, offering = %inst.offering, launch_id = %l.id, "instance launched");
-                        muts.push(timeline(
-                            now,
-                            l.job_id,
-                            Some(&instance.id),
-                            format!("instance {} launched ({})", instance.id, inst.offering),
-                        ));
-                        muts.push(Mutation::PutInstance(instance.clone()));
-                        self.obs.instances.insert(instance.id.clone(), instance);
-                    }
-                    None => {
-                        let (kind, msg) = out
-                            .errors
-                            .last()
-                            .map(|(o, e)| (e.kind, format!("{o}: {}", e.message)))
-                            .unwrap_or((ErrorKind::Capacity, "no offering launched".into()));
-                        l.state = LaunchState::Failed;
-                        l.error = Some((kind, msg.clone()));
-                        self.fail_launch_job(&l, kind, &msg, now, muts);
+                let fresh: Vec<Launched> = out
+                    .instances
+                    .into_iter()
+                    .filter(|i| !self.obs.instances.contains_key(&i.instance_id))
+                    .collect();
+                let mut fresh = fresh.into_iter();
+                for id in waiting {
+                    let Some(launch) = self.obs.launches.get(&id).cloned() else {
+                        continue;
+                    };
+                    match fresh.next() {
+                        Some(inst) => self.launched(launch, &inst, now, muts),
+                        None => {
+                            let (kind, msg) = out
+                                .errors
+                                .last()
+                                .map(|(o, e)| (e.kind, format!("{o}: {}", e.message)))
+                                .unwrap_or((ErrorKind::Capacity, "no offering launched".into()));
+                            let mut l = launch;
+                            l.state = LaunchState::Failed;
+                            l.error = Some((kind, msg.clone()));
+                            self.fail_launch_job(&l, kind, &msg, now, muts);
+                            muts.push(Mutation::PutLaunch(l.clone()));
+                            self.obs.launches.insert(l.id.clone(), l);
+                        }
                     }
                 }
-                muts.push(Mutation::PutLaunch(l.clone()));
-                self.obs.launches.insert(l.id.clone(), l);
+                for extra in fresh {
+                    warn!(instance_id = %extra.instance_id, batch = %batch_id, "launch call returned more instances than it asked for");
+                }
                 true
             }
             Err(e) => {
                 bump(&mut self.stats.launch_errors, &pool, e.kind.as_str());
                 self.adapter_error("launch", &e);
-                let mut l = launch;
-                if e.kind.is_permanent() || matches!(e.kind, ErrorKind::Capacity | ErrorKind::Quota)
-                {
-                    l.state = LaunchState::Failed;
-                    l.error = Some((e.kind, e.message.clone()));
-                    self.fail_launch_job(&l, e.kind, &e.message, now, muts);
-                } else {
-                    // May have happened: call again later with the same token.
-                    let attempt = (now.saturating_sub(l.requested_at) / 5_000) as u32 + 1;
-                    let wait = e
-                        .retry_after_ms
-                        .unwrap_or(0)
-                        .max(retry_backoff(attempt) / 5 + jitter(&l.id, attempt));
-                    l.not_before = now + wait;
+                for id in waiting {
+                    let Some(mut l) = self.obs.launches.get(&id).cloned() else {
+                        continue;
+                    };
+                    if e.kind.is_permanent()
+                        || matches!(e.kind, ErrorKind::Capacity | ErrorKind::Quota)
+                    {
+                        l.state = LaunchState::Failed;
+                        l.error = Some((e.kind, e.message.clone()));
+                        self.fail_launch_job(&l, e.kind, &e.message, now, muts);
+                    } else {
+                        // May have happened: call again later with the same token.
+                        let attempt = (now.saturating_sub(l.requested_at) / 5_000) as u32 + 1;
+                        let wait = e
+                            .retry_after_ms
+                            .unwrap_or(0)
+                            .max(retry_backoff(attempt) / 5 + jitter(batch_id, attempt));
+                        l.not_before = now + wait;
+                    }
+                    muts.push(Mutation::PutLaunch(l.clone()));
+                    self.obs.launches.insert(l.id.clone(), l);
                 }
-                muts.push(Mutation::PutLaunch(l.clone()));
-                self.obs.launches.insert(l.id.clone(), l);
                 false
             }
         }
+    }
+
+    /// Binds a launched instance to its launch and starts tracking it.
+    fn launched(&mut self, mut l: Launch, inst: &Launched, now: Millis, muts: &mut Vec<Mutation>) {
+        let pool = l.pool.clone();
+        l.state = LaunchState::Launched;
+        l.instance_id = Some(inst.instance_id.clone());
+        *self.stats.launched.entry(pool.clone()).or_default() += 1;
+        let instance = Instance {
+            id: inst.instance_id.clone(),
+            fleet: self.cfg.fleet.clone(),
+            pool: pool.clone(),
+            state: InstanceState::Pending,
+            launched_at: inst.launched_at,
+            launch_id: Some(l.id.clone()),
+            // A warm instance has no scope until it is given a job.
+            scope: (!l.is_warm()).then(|| l.scope.clone()),
+            unique_label: l.unique_label.clone(),
+            market: Some(inst.offering.market),
+            offering: Some(inst.offering.clone()),
+            interruption: None,
+            jit_written: false,
+            param_present: false,
+            runner_online_at: None,
+            busy: false,
+            job_done_at: None,
+            terminate_requested_at: None,
+            terminate_reason: None,
+            assigned: None,
+        };
+        info!(job_id = l.job_id, pool = %pool, instance_id = %instance.id, offering = %inst.offering, launch_id = %l.id, "instance launched");
+        muts.push(timeline(
+            now,
+            l.job_id,
+            Some(&instance.id),
+            format!("instance {} launched ({})", instance.id, inst.offering),
+        ));
+        muts.push(Mutation::PutInstance(instance.clone()));
+        self.obs.instances.insert(instance.id.clone(), instance);
+        muts.push(Mutation::PutLaunch(l.clone()));
+        self.obs.launches.insert(l.id.clone(), l);
     }
 
     fn fail_launch_job(
@@ -1313,7 +1364,8 @@ impl Engine {
                 None => {
                     let launch = ci
                         .tag(TAG_LAUNCH)
-                        .and_then(|l| self.obs.launches.get_mut(l));
+                        .and_then(|tag| self.launch_for_tag(tag))
+                        .and_then(|id| self.obs.launches.get_mut(&id));
                     let (launch_id, scope, unique_label) = match launch {
                         Some(l) => {
                             if l.state != LaunchState::Launched {

@@ -172,7 +172,13 @@ impl Store for MemStore {
 impl MemStore {
     /// Whether a launch with this id is recorded (the simulator checks
     /// invariant 1 with it at every launch call).
+    /// Whether a launch, or a batch of launches, of that id is recorded.
     pub fn has_launch(&self, id: &str) -> bool {
-        self.inner.lock().unwrap().launches.contains_key(id)
+        let inner = self.inner.lock().unwrap();
+        inner.launches.contains_key(id)
+            || inner
+                .launches
+                .values()
+                .any(|l| l.batch.as_ref().is_some_and(|b| b.id == id))
     }
 }

@@ -104,12 +104,18 @@ pub trait GitHub: Send + Sync {
     }
 }
 
-/// One launch call: one instance, from a pool's launch template, trying the
-/// offerings in order.
+/// One launch call: `count` instances from a pool's launch template (a
+/// batch of launches, see [`runfleet_core::model::LaunchBatch`]), trying
+/// the offerings in order: what one offering cannot hold is asked of the
+/// next.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LaunchRequest {
-    /// The launch id: the call's idempotency token (`ClientToken`).
+    /// The batch id: the call's idempotency token (`ClientToken`), and the
+    /// value of the instances' `runfleet:launch` tag.
     pub client_token: String,
+    /// Instances wanted (at least 1). The same token is always sent with
+    /// the same count.
+    pub count: u32,
     pub fleet: String,
     pub pool: String,
     pub launch_template: String,
@@ -133,12 +139,19 @@ pub struct Launched {
     pub launched_at: Millis,
 }
 
-/// What a launch call did: at most one instance, and the offerings that
-/// failed on the way (walked in order).
+/// What a launch call did: at most `count` instances, and the offerings
+/// that failed on the way (walked in order).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LaunchOutcome {
-    pub instance: Option<Launched>,
+    pub instances: Vec<Launched>,
     pub errors: Vec<(Offering, PortError)>,
+}
+
+impl LaunchOutcome {
+    /// The first instance (the only one of a call for one).
+    pub fn one(self) -> Option<Launched> {
+        self.instances.into_iter().next()
+    }
 }
 
 /// An instance as the cloud lists it.

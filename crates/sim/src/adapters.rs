@@ -260,35 +260,50 @@ impl Cloud for SimCloud {
         if !w.launch_bucket.try_take(1, now) {
             return Err(throttled("CreateFleet"));
         }
+        let count = req.count.max(1);
         aws_fault(&mut w, "CreateFleet")?;
         if let Some(check) = &w.recorded
             && !check(&req.client_token)
         {
             w.violations.unrecorded_launches += 1;
         }
-        // Idempotency: the same token answers with the same instance.
-        if let Some(id) = w.tokens.get(&req.client_token).cloned() {
-            let inst = &w.instances[&id];
-            let offering = runfleet_core::model::Offering {
-                instance_type: inst.instance_type.clone(),
-                subnet: inst.subnet.clone(),
-                market: inst.market,
-            };
+        // Idempotency: the same token answers with the same instances.
+        if let Some(ids) = w.tokens.get(&req.client_token).cloned() {
+            let instances = ids
+                .into_iter()
+                .map(|id| {
+                    let inst = &w.instances[&id];
+                    Launched {
+                        offering: runfleet_core::model::Offering {
+                            instance_type: inst.instance_type.clone(),
+                            subnet: inst.subnet.clone(),
+                            market: inst.market,
+                        },
+                        launched_at: inst.launched_at,
+                        instance_id: id,
+                    }
+                })
+                .collect();
             return Ok(LaunchOutcome {
-                instance: Some(Launched {
-                    instance_id: id,
-                    offering,
-                    launched_at: inst.launched_at,
-                }),
+                instances,
                 errors: vec![],
             });
+        }
+        // EC2's instance bucket: a call for more than it holds is refused whole.
+        if !w.instance_bucket.try_take(count, now) {
+            return Err(throttled("CreateFleet"));
         }
         let has = |k: &str| req.tags.iter().any(|(key, _)| key == k);
         if !(has("runfleet:fleet") && has("runfleet:pool") && has("Name")) {
             w.violations.untagged_launches += 1;
         }
         let mut errors = Vec::new();
+        let mut instances = Vec::new();
         for o in &req.offerings {
+            let remaining = count as usize - instances.len();
+            if remaining == 0 {
+                break;
+            }
             let key = (o.instance_type.clone(), o.subnet.clone(), o.market);
             let used = w.in_use.get(&key).copied().unwrap_or(0);
             let spot_penalty = if o.market == CapacityMarket::Spot {
@@ -307,51 +322,49 @@ impl Cloud for SimCloud {
                 ));
                 continue;
             }
-            *w.in_use.entry(key).or_default() += 1;
-            let id = w.new_instance_id();
-            let broken = w.fault(0.05);
-            if broken {
-                w.faults.broken_instances += 1;
-            }
-            let max_lifetime = 6 * 60 * 60 * 1000;
-            w.instances.insert(
-                id.clone(),
-                SimInstance {
-                    id: id.clone(),
-                    tags: req.tags.clone(),
-                    state: InstanceState::Pending,
-                    launched_at: now,
-                    gone_at: None,
-                    instance_type: o.instance_type.clone(),
-                    subnet: o.subnet.clone(),
-                    market: o.market,
-                    client_token: req.client_token.clone(),
-                    broken,
-                    runner: None,
-                    busy_ms: 0,
-                    max_lifetime,
-                },
-            );
-            w.tokens.insert(req.client_token.clone(), id.clone());
-            let range = w.cfg.launch_latency;
-            let latency = w.between(range);
-            w.schedule(
-                now + latency,
-                crate::world::Event::InstanceRunning(id.clone()),
-            );
-            return Ok(LaunchOutcome {
-                instance: Some(Launched {
+            let take = remaining.min((w.cfg.capacity_per_offering - used) as usize);
+            *w.in_use.entry(key).or_default() += take as u32;
+            for _ in 0..take {
+                let id = w.new_instance_id();
+                let broken = w.fault(0.05);
+                if broken {
+                    w.faults.broken_instances += 1;
+                }
+                let max_lifetime = 6 * 60 * 60 * 1000;
+                w.instances.insert(
+                    id.clone(),
+                    SimInstance {
+                        id: id.clone(),
+                        tags: req.tags.clone(),
+                        state: InstanceState::Pending,
+                        launched_at: now,
+                        gone_at: None,
+                        instance_type: o.instance_type.clone(),
+                        subnet: o.subnet.clone(),
+                        market: o.market,
+                        client_token: req.client_token.clone(),
+                        broken,
+                        runner: None,
+                        busy_ms: 0,
+                        max_lifetime,
+                    },
+                );
+                let range = w.cfg.launch_latency;
+                let latency = w.between(range);
+                w.schedule(
+                    now + latency,
+                    crate::world::Event::InstanceRunning(id.clone()),
+                );
+                instances.push(Launched {
                     instance_id: id,
                     offering: o.clone(),
                     launched_at: now,
-                }),
-                errors,
-            });
+                });
+            }
         }
-        Ok(LaunchOutcome {
-            instance: None,
-            errors,
-        })
+        let ids = instances.iter().map(|l| l.instance_id.clone()).collect();
+        w.tokens.insert(req.client_token.clone(), ids);
+        Ok(LaunchOutcome { instances, errors })
     }
 
     async fn list_instances(&self, fleet: &str) -> PortResult<Vec<CloudInstance>> {

@@ -43,6 +43,8 @@ pub struct WorldConfig {
     pub jit_poll_timeout: Millis,
     /// EC2 request buckets: (burst, refill per second).
     pub launch_bucket: (u32, f64),
+    /// EC2's instance bucket: instances launched (burst, refill per second).
+    pub instance_bucket: (u32, f64),
     pub describe_bucket: (u32, f64),
     pub terminate_bucket: (u32, f64),
     /// SSM PutParameter throughput.
@@ -76,6 +78,7 @@ impl Default for WorldConfig {
             capacity_per_offering: 1_000,
             jit_poll_timeout: 10 * 60 * 1000,
             launch_bucket: (5, 2.0),
+            instance_bucket: (1000, 2.0),
             describe_bucket: (100, 20.0),
             terminate_bucket: (100, 5.0),
             ssm_put_bucket: (40, 40.0),
@@ -253,9 +256,11 @@ pub struct World {
     pub instances: BTreeMap<String, SimInstance>,
     pub params: BTreeMap<String, String>,
     pub repos: Vec<String>,
-    pub tokens: HashMap<String, String>,
+    /// Launch call tokens and the instances each call started.
+    pub tokens: HashMap<String, Vec<String>>,
     pub in_use: HashMap<(String, Option<String>, CapacityMarket), u32>,
     pub launch_bucket: TokenBucket,
+    pub instance_bucket: TokenBucket,
     pub describe_bucket: TokenBucket,
     pub terminate_bucket: TokenBucket,
     pub ssm_put_bucket: TokenBucket,
@@ -290,6 +295,7 @@ impl World {
         let event_rng = ChaCha8Rng::seed_from_u64(cfg.seed ^ 0x5b07_c0de_5b07_c0de);
         World {
             launch_bucket: TokenBucket::new(cfg.launch_bucket.0, cfg.launch_bucket.1, 0),
+            instance_bucket: TokenBucket::new(cfg.instance_bucket.0, cfg.instance_bucket.1, 0),
             describe_bucket: TokenBucket::new(cfg.describe_bucket.0, cfg.describe_bucket.1, 0),
             terminate_bucket: TokenBucket::new(cfg.terminate_bucket.0, cfg.terminate_bucket.1, 0),
             ssm_put_bucket: TokenBucket::new(cfg.ssm_put_bucket.0, cfg.ssm_put_bucket.1, 0),

@@ -166,6 +166,7 @@ pub fn launch(id: &str, job_id: Option<u64>) -> Launch {
         instance_id: None,
         error: None,
         not_before: 0,
+        batch: None,
     }
 }
 
@@ -924,6 +925,7 @@ pub async fn load_round_trips_every_field(db: &dyn TestDb) {
         instance_id: Some("i-0123456789abcdef0".into()),
         error: Some((ErrorKind::NotFound, awkward.into())),
         not_before: i64::MAX as u64,
+        batch: None,
     };
     let x = Instance {
         id: awkward.into(),

@@ -49,6 +49,8 @@ pub fn config(fleet: &str, repos: &[&str], pools: Vec<PoolConfig>) -> Config {
             completed_grace: Duration::from_secs(60),
             boot_timeout: Duration::from_secs(600),
             lease_ttl: Duration::from_secs(15),
+            launch_batch_window: runfleet_core::config::DEFAULT_LAUNCH_BATCH_WINDOW,
+            launch_batch_max: runfleet_core::config::DEFAULT_LAUNCH_BATCH_MAX,
         },
         github: GithubConfig {
             api_url: "https://api.github.com".into(),
