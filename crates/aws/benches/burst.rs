@@ -129,6 +129,7 @@ async fn run(scenario: &'static str, moto: &Moto, world: &World, n: usize, scale
         };
         let req = LaunchRequest {
             client_token: id.clone(),
+            count: 1,
             fleet: fleet.clone(),
             pool: "p".into(),
             launch_template: world.template_id.clone(),
@@ -158,7 +159,7 @@ async fn run(scenario: &'static str, moto: &Moto, world: &World, n: usize, scale
                     unavailable.lock().unwrap().insert(o.clone());
                 }
             }
-            let inst = out.instance.expect("an instance");
+            let inst = out.one().expect("an instance");
             cloud
                 .put_jit(&fleet, &inst.instance_id, &Secret::new("jit"))
                 .await

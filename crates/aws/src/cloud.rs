@@ -103,7 +103,7 @@ pub struct AwsCloud {
     /// Which session an instance was seen in.
     owners: Mutex<HashMap<String, RoleKey>>,
     /// Launch token -> what it launched (a repeated call answers from here).
-    launched: Mutex<(HashMap<String, Launched>, Vec<String>)>,
+    launched: Mutex<(HashMap<String, Vec<Launched>>, Vec<String>)>,
     /// Launch tokens whose last RunInstances has an unknown outcome.
     uncertain: Mutex<HashSet<String>>,
     /// The EC2 event queue (`aws.events_queue`), when there is one.
@@ -306,24 +306,49 @@ impl AwsCloud {
         lock(&self.known).insert(key.clone());
         if let Some(done) = lock(&self.launched).0.get(&req.client_token) {
             return Ok(LaunchOutcome {
-                instance: Some(done.clone()),
+                instances: done.clone(),
                 errors: Vec::new(),
             });
         }
+        let count = req.count.max(1) as usize;
         let session = self.session(&key).await?;
-        if lock(&self.uncertain).contains(&req.client_token)
-            && let Some(found) = self.find_launched(&session, req).await?
-        {
-            return Ok(self.launched_ok(&key, req, found, Vec::new()));
+        if lock(&self.uncertain).contains(&req.client_token) {
+            let found = self.find_launched(&session, req).await?;
+            // Every instance of the call is there: done. Fewer (a batch cut
+            // short): the call is sent again with the same tokens, which
+            // EC2 answers with the instances it already started.
+            if !found.is_empty() && found.len() >= count {
+                return Ok(self.launched_ok(&key, req, found, Vec::new()));
+            }
         }
         let user_data = base64::engine::general_purpose::STANDARD.encode(req.user_data.as_bytes());
         let mut errors = Vec::new();
+        let mut instances: Vec<Launched> = Vec::new();
         for off in &req.offerings {
-            match self.run_one(&session, req, off, &user_data).await {
-                Ok(l) => return Ok(self.launched_ok(&key, req, l, errors)),
+            let remaining = count - instances.len();
+            if remaining == 0 {
+                break;
+            }
+            match self
+                .run_one(&session, req, off, &user_data, remaining)
+                .await
+            {
+                Ok(ls) => {
+                    for l in ls {
+                        if !instances.iter().any(|i| i.instance_id == l.instance_id) {
+                            instances.push(l);
+                        }
+                    }
+                }
                 Err(f) if advances(&f) => {
                     info!(pool = %req.pool, launch_id = %req.client_token, offering = %off, kind = f.err.kind.as_str(), error = %f.err.message, "offering failed, trying the next");
                     errors.push((off.clone(), f.err));
+                }
+                // Some instances started and the rest cannot be: keep them.
+                Err(f) if !instances.is_empty() && f.err.kind.is_permanent() => {
+                    warn!(pool = %req.pool, launch_id = %req.client_token, offering = %off, error = %f.err, "launch stopped after {} of {count} instances", instances.len());
+                    errors.push((off.clone(), f.err));
+                    break;
                 }
                 Err(f) => {
                     warn!(pool = %req.pool, launch_id = %req.client_token, offering = %off, error = %f.err, "launch stopped");
@@ -331,20 +356,22 @@ impl AwsCloud {
                 }
             }
         }
-        Ok(LaunchOutcome {
-            instance: None,
-            errors,
-        })
+        if instances.is_empty() {
+            return Ok(LaunchOutcome { instances, errors });
+        }
+        Ok(self.launched_ok(&key, req, instances, errors))
     }
 
     fn launched_ok(
         &self,
         key: &RoleKey,
         req: &LaunchRequest,
-        l: Launched,
+        instances: Vec<Launched>,
         errors: Vec<(Offering, PortError)>,
     ) -> LaunchOutcome {
-        self.note_owner(&l.instance_id, key);
+        for l in &instances {
+            self.note_owner(&l.instance_id, key);
+        }
         lock(&self.uncertain).remove(&req.client_token);
         let mut memo = lock(&self.launched);
         if memo.0.len() >= LAUNCH_MEMO {
@@ -353,16 +380,18 @@ impl AwsCloud {
                 memo.0.remove(&t);
             }
         }
-        if memo.0.insert(req.client_token.clone(), l.clone()).is_none() {
+        if memo
+            .0
+            .insert(req.client_token.clone(), instances.clone())
+            .is_none()
+        {
             memo.1.push(req.client_token.clone());
         }
-        LaunchOutcome {
-            instance: Some(l),
-            errors,
-        }
+        LaunchOutcome { instances, errors }
     }
 
-    /// One RunInstances for one offering. Throttled answers are retried
+    /// One RunInstances for one offering, for up to `count` instances (at
+    /// least one, or a capacity error). Throttled answers are retried
     /// (they were not executed); an answer lost in transit (timeout, 5xx) is
     /// first looked up by the launch tag, then sent again with the same
     /// client token.
@@ -372,7 +401,8 @@ impl AwsCloud {
         req: &LaunchRequest,
         off: &Offering,
         user_data: &str,
-    ) -> Result<Launched, Failure> {
+        count: usize,
+    ) -> Result<Vec<Launched>, Failure> {
         const OP: &str = "ec2:RunInstances";
         let token = offering_token(&req.client_token, off);
         let tags: Vec<Tag> = req
@@ -395,7 +425,7 @@ impl AwsCloud {
             ))
             .instance_type(InstanceType::from(off.instance_type.as_str()))
             .min_count(1)
-            .max_count(1)
+            .max_count(i32::try_from(count).unwrap_or(i32::MAX))
             .client_token(&token)
             .user_data(user_data)
             .instance_initiated_shutdown_behavior(ShutdownBehavior::Terminate)
@@ -417,13 +447,17 @@ impl AwsCloud {
             self.count(OP);
             let fail = match b.clone().send().await {
                 Ok(out) => {
-                    let inst = out.instances().first().ok_or_else(|| {
-                        Failure::from(PortError::new(
+                    if out.instances().is_empty() {
+                        return Err(Failure::from(PortError::new(
                             ErrorKind::Transient,
                             "ec2:RunInstances: answer lists no instance",
-                        ))
-                    })?;
-                    return launched_from(inst, off);
+                        )));
+                    }
+                    return out
+                        .instances()
+                        .iter()
+                        .map(|i| launched_from(i, off))
+                        .collect();
                 }
                 Err(e) => failure(OP, &e),
             };
@@ -451,21 +485,19 @@ impl AwsCloud {
                 "retrying launch with the same client token"
             );
             tokio::time::sleep(wait).await;
-            if kind == ErrorKind::Transient
-                && let Some(found) = self.find_launched(s, req).await.map_err(Failure::from)?
-            {
-                return Ok(found);
+            if kind == ErrorKind::Transient && count == 1 {
+                let found = self.find_launched(s, req).await.map_err(Failure::from)?;
+                if !found.is_empty() {
+                    return Ok(found);
+                }
             }
         }
     }
 
-    /// An instance already launched for this launch (by its `runfleet:launch`
-    /// tag, or by client token when the request carries no such tag).
-    async fn find_launched(
-        &self,
-        s: &Session,
-        req: &LaunchRequest,
-    ) -> PortResult<Option<Launched>> {
+    /// The instances already launched for this call (by their
+    /// `runfleet:launch` tag, or by client token when the request carries
+    /// no such tag).
+    async fn find_launched(&self, s: &Session, req: &LaunchRequest) -> PortResult<Vec<Launched>> {
         const OP: &str = "ec2:DescribeInstances";
         let launch_tag = req
             .tags
@@ -486,21 +518,24 @@ impl AwsCloud {
             )),
         }
         let instances = self.describe(s, OP, filters).await?;
-        Ok(instances.iter().find_map(|i| {
-            let ty = i.instance_type().map(|t| t.as_str().to_string())?;
-            let market = market_of(i);
-            let off = req
-                .offerings
-                .iter()
-                .find(|o| o.instance_type == ty && o.market == market)
-                .cloned()
-                .unwrap_or(Offering {
-                    instance_type: ty,
-                    subnet: i.subnet_id().map(str::to_string),
-                    market,
-                });
-            launched_from(i, &off).ok()
-        }))
+        Ok(instances
+            .iter()
+            .filter_map(|i| {
+                let ty = i.instance_type().map(|t| t.as_str().to_string())?;
+                let market = market_of(i);
+                let off = req
+                    .offerings
+                    .iter()
+                    .find(|o| o.instance_type == ty && o.market == market)
+                    .cloned()
+                    .unwrap_or(Offering {
+                        instance_type: ty,
+                        subnet: i.subnet_id().map(str::to_string),
+                        market,
+                    });
+                launched_from(i, &off).ok()
+            })
+            .collect())
     }
 
     /// Every instance matching `filters` (all pages).

@@ -43,6 +43,7 @@ fn request(
 ) -> LaunchRequest {
     LaunchRequest {
         client_token: id.to_string(),
+        count: 1,
         fleet: fleet.to_string(),
         pool: pool.to_string(),
         launch_template: world.template_id.clone(),
@@ -97,7 +98,7 @@ async fn launch_sets_tags_user_data_spot_and_shutdown_behaviour() {
     );
     let out = s.cloud.launch(&req).await.expect("launch");
     assert!(out.errors.is_empty(), "{:?}", out.errors);
-    let l = out.instance.expect("an instance");
+    let l = out.instances.first().cloned().expect("an instance");
     assert_eq!(l.offering, req.offerings[0]);
     assert!(l.launched_at > 1_600_000_000_000, "{}", l.launched_at);
     assert_eq!(s.proxy.count("ec2:RunInstances"), 1);
@@ -195,6 +196,58 @@ async fn launch_sets_tags_user_data_spot_and_shutdown_behaviour() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_launches_several_instances_in_one_call() {
+    let Some(s) = setup("batch").await else {
+        return;
+    };
+    let subnet = s.world.subnets[0].clone();
+    let mut req = request(
+        "acme-ci",
+        "linux-x64",
+        "acme-ci-j7-1-x3",
+        &s.world,
+        vec![offering("m5.large", &subnet, CapacityMarket::OnDemand)],
+    );
+    req.count = 3;
+    let out = s.cloud.launch(&req).await.expect("launch");
+    assert!(out.errors.is_empty(), "{:?}", out.errors);
+    assert_eq!(out.instances.len(), 3, "{:?}", out.instances);
+    let mut ids: Vec<String> = out
+        .instances
+        .iter()
+        .map(|l| l.instance_id.clone())
+        .collect();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), 3, "three distinct instances");
+    assert_eq!(
+        s.proxy.count("ec2:RunInstances"),
+        1,
+        "one call for the batch"
+    );
+    let body = &s.proxy.bodies("ec2:RunInstances")[0];
+    assert!(body.contains("MaxCount=3"), "{body}");
+    assert!(body.contains("MinCount=1"), "{body}");
+    // Every instance carries the batch's launch tag, so a listing finds them all.
+    let listed = s.cloud.list_instances("acme-ci").await.unwrap();
+    let tagged = listed
+        .iter()
+        .filter(|i| i.tag("runfleet:launch") == Some("acme-ci-j7-1-x3"))
+        .count();
+    assert_eq!(tagged, 3);
+    // The same call again answers with the same instances, without a call.
+    let again = s.cloud.launch(&req).await.unwrap();
+    let mut again_ids: Vec<String> = again
+        .instances
+        .iter()
+        .map(|l| l.instance_id.clone())
+        .collect();
+    again_ids.sort();
+    assert_eq!(again_ids, ids);
+    assert_eq!(s.proxy.count("ec2:RunInstances"), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn capacity_errors_walk_to_the_next_type_then_on_demand() {
     let Some(s) = setup("fallback").await else {
         return;
@@ -219,7 +272,11 @@ async fn capacity_errors_walk_to_the_next_type_then_on_demand() {
         ],
     );
     let out = s.cloud.launch(&req).await.unwrap();
-    let l = out.instance.expect("second offering launches");
+    let l = out
+        .instances
+        .first()
+        .cloned()
+        .expect("second offering launches");
     assert_eq!(l.offering, req.offerings[1]);
     assert_eq!(out.errors.len(), 1);
     assert_eq!(out.errors[0].0, req.offerings[0]);
@@ -262,7 +319,7 @@ async fn capacity_errors_walk_to_the_next_type_then_on_demand() {
         ],
     );
     let out = s.cloud.launch(&req).await.unwrap();
-    let l = out.instance.expect("on-demand launches");
+    let l = out.instances.first().cloned().expect("on-demand launches");
     assert_eq!(l.offering, req.offerings[3]);
     let failed: Vec<_> = out
         .errors
@@ -306,7 +363,7 @@ async fn capacity_errors_walk_to_the_next_type_then_on_demand() {
         ],
     );
     let out = s.cloud.launch(&req).await.unwrap();
-    assert!(out.instance.is_none());
+    assert!(out.instances.is_empty());
     let kinds: Vec<_> = out.errors.iter().map(|(_, e)| e.kind).collect();
     assert_eq!(kinds, vec![ErrorKind::Quota, ErrorKind::Capacity]);
     assert_eq!(s.cloud.list_instances("acme-ci").await.unwrap().len(), 2);
@@ -351,7 +408,7 @@ async fn throttling_is_retried_until_it_passes() {
         vec![offering("m5.large", &a, CapacityMarket::OnDemand)],
     );
     let out = s.cloud.launch(&req).await.unwrap();
-    assert!(out.instance.is_some());
+    assert!(!out.instances.is_empty());
     assert!(out.errors.is_empty());
     assert_eq!(s.proxy.count("ec2:RunInstances"), 4);
     assert_eq!(
@@ -363,7 +420,7 @@ async fn throttling_is_retried_until_it_passes() {
     );
 
     // SSM's low put rate: throttled puts are retried later, not failed.
-    let id = out.instance.unwrap().instance_id;
+    let id = out.one().unwrap().instance_id;
     s.proxy.fail_times(
         "ssm:PutParameter",
         4,
@@ -427,7 +484,7 @@ async fn same_client_token_never_makes_a_second_instance() {
     // instance by its launch tag instead of launching another.
     s.proxy.fail_times("ec2:RunInstances", 1, Fault::LoseAnswer);
     let out = s.cloud.launch(&req).await.unwrap();
-    let first = out.instance.unwrap();
+    let first = out.one().unwrap();
     assert_eq!(s.proxy.count("ec2:RunInstances"), 1);
     assert_eq!(s.proxy.faulted("ec2:RunInstances"), 1);
     let tagged = s
@@ -438,7 +495,7 @@ async fn same_client_token_never_makes_a_second_instance() {
     assert_eq!(tagged[0].0, first.instance_id);
 
     // The engine calls again with the same launch id: same instance, no call.
-    let again = s.cloud.launch(&req).await.unwrap().instance.unwrap();
+    let again = s.cloud.launch(&req).await.unwrap().one().unwrap();
     assert_eq!(again.instance_id, first.instance_id);
     assert_eq!(s.proxy.count("ec2:RunInstances"), 1);
 
@@ -460,11 +517,11 @@ async fn same_client_token_never_makes_a_second_instance() {
         .instances_tagged("runfleet:launch", "acme-ci-j8-1")
         .await;
     match r {
-        Ok(out) => assert_eq!(out.instance.unwrap().instance_id, tagged[0].0),
+        Ok(out) => assert_eq!(out.one().unwrap().instance_id, tagged[0].0),
         Err(e) => {
             assert_eq!(e.kind, ErrorKind::Transient);
             let out = s.cloud.launch(&req2).await.unwrap();
-            assert_eq!(out.instance.unwrap().instance_id, tagged[0].0);
+            assert_eq!(out.one().unwrap().instance_id, tagged[0].0);
         }
     }
     let tagged = s
@@ -716,11 +773,11 @@ async fn assumed_roles_launch_in_their_own_account_once_per_session() {
     );
     req.role_arn = Some(role.to_string());
     req.external_id = Some(external.clone());
-    let l = s.cloud.launch(&req).await.unwrap().instance.unwrap();
+    let l = s.cloud.launch(&req).await.unwrap().one().unwrap();
     let mut req2 = req.clone();
     req2.client_token = "acme-ci-j9-2".into();
     req2.tags[3].1 = "acme-ci-j9-2".into();
-    s.cloud.launch(&req2).await.unwrap().instance.unwrap();
+    s.cloud.launch(&req2).await.unwrap().one().unwrap();
 
     // One AssumeRole for both launches, with the external id.
     assert_eq!(s.proxy.count("sts:AssumeRole"), 1);
@@ -755,7 +812,7 @@ async fn assumed_roles_launch_in_their_own_account_once_per_session() {
             CapacityMarket::OnDemand,
         )],
     );
-    let lb = s.cloud.launch(&base).await.unwrap().instance.unwrap();
+    let lb = s.cloud.launch(&base).await.unwrap().one().unwrap();
 
     // Listing covers both accounts; parameters go to the instance's account.
     let listed = s.cloud.list_instances("acme-ci").await.unwrap();
@@ -1021,7 +1078,7 @@ async fn client_bucket_keeps_a_burst_under_ec2s_limit() {
         tasks.push(tokio::spawn(async move { cloud.launch(&req).await }));
     }
     for t in tasks {
-        assert!(t.await.unwrap().unwrap().instance.is_some());
+        assert!(t.await.unwrap().unwrap().one().is_some());
     }
     assert_eq!(
         s.proxy.rejected().get("ec2:RunInstances"),
