@@ -134,6 +134,11 @@ enum Command {
         /// CSV: instance_type, on_demand, spot (USD per hour), over the built-in table.
         #[arg(long)]
         prices: Option<PathBuf>,
+        /// RFC 3339 time the trace starts at (warm schedules are read
+        /// against it); default: the trace's earliest time, or
+        /// 1970-01-01T00:00:00Z for a trace of seconds.
+        #[arg(long)]
+        start: Option<String>,
         /// Seed of the simulation.
         #[arg(long, default_value_t = 1)]
         seed: u64,
@@ -298,8 +303,16 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Simulate {
             trace,
             prices,
+            start,
             seed,
             json,
-        } => simulate::run(&cli.config, &trace, prices.as_deref(), seed, json),
+        } => simulate::run(
+            &cli.config,
+            &trace,
+            prices.as_deref(),
+            start.as_deref(),
+            seed,
+            json,
+        ),
     }
 }

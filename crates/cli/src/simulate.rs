@@ -1,11 +1,16 @@
 //! `runfleet simulate`: replays a job trace against the configured pools in
 //! the simulator (no credentials, no network) and prints what each setting
 //! would cost in queue time and money: the config as given, and variations
-//! of `warm` and `market`, so an operator can choose before paying.
+//! of `warm` (each without the config's warm schedules) and `market`, so an
+//! operator can choose before paying.
 //!
 //! Trace: CSV, one job per line, columns `queued, labels, duration[, repo]`.
 //! `queued` is seconds from the start of the trace or an RFC 3339 time
-//! (then counted from the earliest one); `labels` are separated by spaces or
+//! (then counted from the earliest one, and the simulated clock starts at
+//! that time, so `[[pool.warm_schedule]]` windows open when they would have;
+//! `--start` places a trace of seconds, or moves one of times, on the
+//! calendar; without either the clock starts at 1970-01-01T00:00:00Z, a
+//! Thursday); `labels` are separated by spaces or
 //! `;`; `duration` is seconds of run time; `repo` (`owner/name`) defaults to
 //! the first of `github.repos`. A header line, blank lines and `#` comments
 //! are skipped; a field may be double-quoted.
@@ -168,8 +173,16 @@ enum Queued {
     At(Millis),
 }
 
+/// A parsed trace.
+#[derive(Debug)]
+pub struct Trace {
+    pub jobs: Vec<TraceJob>,
+    /// The earliest queued time, when the trace gives RFC 3339 times.
+    pub start: Option<Millis>,
+}
+
 /// Parses a trace. Errors name the line and what is wrong with it.
-pub fn parse_trace(text: &str, name: &str, default_repo: &str) -> Result<Vec<TraceJob>> {
+pub fn parse_trace(text: &str, name: &str, default_repo: &str) -> Result<Trace> {
     let mut lines = Vec::new();
     for (n, raw) in text.lines().enumerate() {
         let at = || format!("{name} line {}", n + 1);
@@ -245,15 +258,15 @@ pub fn parse_trace(text: &str, name: &str, default_repo: &str) -> Result<Vec<Tra
             l.line
         );
     }
-    let start = lines
+    let earliest = lines
         .iter()
         .filter_map(|l| match l.queued {
             Queued::At(t) => Some(t),
             Queued::Offset(_) => None,
         })
-        .min()
-        .unwrap_or(0);
-    Ok(lines
+        .min();
+    let start = earliest.unwrap_or(0);
+    let jobs = lines
         .into_iter()
         .map(|l| TraceJob {
             at: match l.queued {
@@ -264,7 +277,11 @@ pub fn parse_trace(text: &str, name: &str, default_repo: &str) -> Result<Vec<Tra
             duration: l.duration,
             repo: l.repo.unwrap_or_else(|| default_repo.to_string()),
         })
-        .collect())
+        .collect();
+    Ok(Trace {
+        jobs,
+        start: earliest,
+    })
 }
 
 /// Where a trace line without a repo comes from: the first of
@@ -282,8 +299,10 @@ fn default_repo(cfg: &Config) -> String {
 #[derive(Debug, Serialize)]
 struct Row {
     name: String,
-    /// pool -> warm
+    /// pool -> warm (outside its warm schedule's windows)
     warm: BTreeMap<String, u32>,
+    /// pool -> number of `warm_schedule` entries (pools with some only)
+    warm_schedule: BTreeMap<String, usize>,
     /// pool -> market
     market: BTreeMap<String, &'static str>,
     jobs: usize,
@@ -312,14 +331,16 @@ fn market_name(m: Market) -> &'static str {
     }
 }
 
-/// The config as given, then `warm` = 0 / 2 / 5 in every pool (within
-/// `max_runners`), then every pool on-demand and every pool spot-then-on-demand.
+/// The config as given (warm schedules included), then `warm` = 0 / 2 / 5
+/// in every pool (within `max_runners`, all day: no warm schedule), then
+/// every pool on-demand and every pool spot-then-on-demand.
 fn variations(cfg: &Config) -> Vec<(String, Config)> {
     let mut out = vec![("as configured".to_string(), cfg.clone())];
     for w in [0u32, 2, 5] {
         let mut c = cfg.clone();
         for p in &mut c.pools {
             p.warm = w.min(p.max_runners);
+            p.warm_schedule.clear();
         }
         out.push((format!("warm = {w}"), c));
     }
@@ -356,6 +377,12 @@ fn row(name: String, cfg: &Config, s: &Summary, prices: &BTreeMap<String, Price>
     Ok(Row {
         name,
         warm: cfg.pools.iter().map(|p| (p.name.clone(), p.warm)).collect(),
+        warm_schedule: cfg
+            .pools
+            .iter()
+            .filter(|p| !p.warm_schedule.is_empty())
+            .map(|p| (p.name.clone(), p.warm_schedule.len()))
+            .collect(),
         market: cfg
             .pools
             .iter()
@@ -381,6 +408,7 @@ pub fn run(
     config_path: &Path,
     trace_path: &Path,
     prices_path: Option<&Path>,
+    start: Option<&str>,
     seed: u64,
     json: bool,
 ) -> Result<ExitCode> {
@@ -389,11 +417,20 @@ pub fn run(
     let cfg = parse(&text, &NoSecrets).map_err(|e| anyhow!("{}: {e}", config_path.display()))?;
     let trace_text = std::fs::read_to_string(trace_path)
         .with_context(|| format!("cannot read trace {}", trace_path.display()))?;
-    let trace = parse_trace(
+    let Trace {
+        jobs: trace,
+        start: trace_start,
+    } = parse_trace(
         &trace_text,
         &trace_path.display().to_string(),
         &default_repo(&cfg),
     )?;
+    let start = match start {
+        Some(s) => runfleet_github::timestamp::parse_millis(s).ok_or_else(|| {
+            anyhow!("--start {s:?} is not an RFC 3339 time like 2026-01-05T08:00:00Z")
+        })?,
+        None => trace_start.unwrap_or(0),
+    };
     let prices = prices(prices_path)?;
     let missing: Vec<&str> = cfg
         .pools
@@ -436,6 +473,7 @@ pub fn run(
             seed,
             trace: Some(served.clone()),
             time_limit: end + 6 * 60 * 60 * 1000,
+            start,
             ..SimOptions::default()
         };
         let s = rt
@@ -453,6 +491,7 @@ pub fn run(
             },
             "prices": if prices_path.is_some() { "built-in + file" } else { "built-in" },
             "seed": seed,
+            "start": runfleet_github::timestamp::format_millis(start),
             "rows": rows,
         });
         println!("{}", serde_json::to_string_pretty(&out)?);
@@ -486,6 +525,12 @@ pub fn run(
                 if r.ok { "" } else { "  (invariant broken)" }
             );
         }
+        if cfg.pools.iter().any(|p| !p.warm_schedule.is_empty()) {
+            println!(
+                "\"as configured\" follows the warm schedules with the trace starting at {}; the warm = N rows have none.",
+                runfleet_github::timestamp::format_millis(start)
+            );
+        }
         println!("spot interruptions are not modelled; spot rows assume spot capacity held.");
     }
     Ok(if all_ok {
@@ -502,7 +547,9 @@ mod tests {
     #[test]
     fn trace_lines_parse_and_errors_name_the_line() {
         let t = "queued,labels,duration,repo\n# a comment\n0,self-hosted linux,60\n\n2.5,\"self-hosted;linux\",30,acme/lib\n";
-        let jobs = parse_trace(t, "t.csv", "acme/app").unwrap();
+        let trace = parse_trace(t, "t.csv", "acme/app").unwrap();
+        assert_eq!(trace.start, None);
+        let jobs = trace.jobs;
         assert_eq!(jobs.len(), 2);
         assert_eq!(jobs[0].repo, "acme/app");
         assert_eq!(jobs[1].at, 2_500);
@@ -510,7 +557,12 @@ mod tests {
         assert_eq!(jobs[1].repo, "acme/lib");
 
         let t = "2026-01-01T10:00:10Z,x,5\n2026-01-01T10:00:00Z,x,5\n";
-        let jobs = parse_trace(t, "t.csv", "a/b").unwrap();
+        let trace = parse_trace(t, "t.csv", "a/b").unwrap();
+        assert_eq!(
+            trace.start,
+            runfleet_github::timestamp::parse_millis("2026-01-01T10:00:00Z")
+        );
+        let jobs = trace.jobs;
         assert_eq!(jobs[0].at, 10_000);
         assert_eq!(jobs[1].at, 0);
 

@@ -89,3 +89,71 @@ fn a_bad_trace_line_is_named() {
     assert!(e.contains("line 3") && e.contains("\"soon\""), "{e}");
     assert_eq!(e.trim().lines().count(), 1, "one line: {e}");
 }
+
+/// CONFIG with warm instances on weekdays' working hours only.
+const SCHEDULED: &str =
+    "warm = 0\n[[pool.warm_schedule]]\ndays = [\"mon-fri\"]\nhours = \"08:00-18:00\"\nwarm = 3\n";
+
+fn simulate_with(config: &str, trace: &str, extra: &[&str]) -> Output {
+    let d = dir();
+    let path = d.join(format!("runfleet-{}.toml", config.len()));
+    std::fs::write(&path, config).unwrap();
+    let t = d.join(format!("trace-s{}.csv", trace.len()));
+    std::fs::write(&t, trace).unwrap();
+    Command::new(env!("CARGO_BIN_EXE_runfleet"))
+        .args(["simulate", "--json", "--config"])
+        .arg(&path)
+        .arg("--trace")
+        .arg(&t)
+        .args(extra)
+        .env_remove("RUNFLEET_CONFIG")
+        .output()
+        .expect("runfleet runs")
+}
+
+#[test]
+fn warm_schedules_are_honoured_at_the_traces_own_time() {
+    // Monday 2026-01-05, from 09:00 UTC: a job every five minutes.
+    let mut trace = String::from("queued,labels,duration\n");
+    for i in 0..8 {
+        trace.push_str(&format!(
+            "2026-01-05T09:{:02}:00Z,self-hosted linux x64,120\n",
+            i * 5
+        ));
+    }
+    let config = format!("{CONFIG}{SCHEDULED}");
+    let p50 = |extra: &[&str]| {
+        let o = simulate_with(&config, &trace, extra);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        let rows = v["rows"].as_array().unwrap().clone();
+        let row = |name: &str| rows.iter().find(|r| r["name"] == name).unwrap().clone();
+        let configured = row("as configured");
+        assert_eq!(configured["completed"], 8);
+        assert_eq!(configured["warm_schedule"]["linux-x64"], 1);
+        assert_eq!(row("warm = 0")["warm_schedule"], serde_json::json!({}));
+        (
+            v["start"].as_str().unwrap().to_string(),
+            configured["queue_seconds"]["p50"].as_f64().unwrap(),
+            row("warm = 0")["queue_seconds"]["p50"].as_f64().unwrap(),
+        )
+    };
+    let (start, weekday, cold) = p50(&[]);
+    assert!(start.starts_with("2026-01-05T09:00:00"), "{start}");
+    assert!(
+        weekday * 3.0 < cold,
+        "in working hours warm instances wait: {weekday} s vs {cold} s"
+    );
+    // The same trace on a Saturday: no window opens, as cold as warm = 0.
+    let (start, saturday, cold) = p50(&["--start", "2026-01-10T09:00:00Z"]);
+    assert!(start.starts_with("2026-01-10T09:00:00"), "{start}");
+    assert_eq!(saturday, cold);
+
+    let o = simulate_with(&config, &trace, &["--start", "monday"]);
+    assert_eq!(o.status.code(), Some(1));
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        e.contains("--start \"monday\" is not an RFC 3339 time"),
+        "{e}"
+    );
+}

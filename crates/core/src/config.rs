@@ -14,7 +14,9 @@
 //!
 //! Public boundary: [`parse`] (also [`Config::parse`]) turns TOML text into a
 //! [`Config`] or one single-line [`ConfigError`]; [`parse_duration`] and
-//! [`format_duration`]; [`Config::repo_allowed`] and [`Config::pool`].
+//! [`format_duration`]; [`Config::repo_allowed`], [`Config::pool`] and
+//! [`PoolConfig::warm_at`] (the warm target at a time, from the pool's
+//! `[[pool.warm_schedule]]` entries, see [`crate::schedule`]).
 //!
 //! Indirection is one level deep: a value read from `env:`/`file:` is used as
 //! it is, never looked up again. From a file exactly one trailing newline
@@ -34,6 +36,10 @@ use serde::de::{self, Deserializer, Visitor};
 use serde::{Deserialize, Serialize};
 use toml::Spanned;
 use toml::de::{DeTable, DeValue};
+
+use crate::model::Millis;
+pub use crate::schedule::WarmWindow;
+use crate::schedule::{self, DAY_MINUTES, EVERY_DAY};
 
 /// A secret value. `Debug` and `Display` never show it; use [`Secret::expose`].
 #[derive(Clone, PartialEq, Eq, Default)]
@@ -227,7 +233,12 @@ pub struct PoolConfig {
     pub os: Os,
     pub arch: Arch,
     pub max_runners: u32,
+    /// Warm instances kept waiting when no `warm_schedule` entry applies.
     pub warm: u32,
+    /// `[[pool.warm_schedule]]`: the warm target in given hours and days;
+    /// the first entry open at a time wins, else `warm`. See
+    /// [`PoolConfig::warm_at`].
+    pub warm_schedule: Vec<WarmWindow>,
     pub runner_scope: RunnerScope,
     pub runner_group_id: u64,
     pub max_lifetime: Duration,
@@ -238,6 +249,15 @@ pub struct PoolConfig {
     /// `rerun_interrupted` (default true): a job that failed because EC2
     /// reclaimed its spot instance under it is re-run once.
     pub rerun_interrupted: bool,
+}
+
+impl PoolConfig {
+    /// The pool's warm target at `now` (Unix epoch milliseconds): the
+    /// `warm` of the first `warm_schedule` entry open at `now`, else the
+    /// pool's `warm`. Never more than `max_runners` (validated).
+    pub fn warm_at(&self, now: Millis) -> u32 {
+        schedule::warm_target(&self.warm_schedule, self.warm, now)
+    }
 }
 
 impl Config {
@@ -590,6 +610,7 @@ struct RawPool {
     arch: Option<RawStr>,
     max_runners: Option<Spanned<RawInt>>,
     warm: Option<Spanned<RawInt>>,
+    warm_schedule: Option<Spanned<Vec<Spanned<RawWarmWindow>>>>,
     runner_scope: Option<RawStr>,
     runner_group_id: Option<Spanned<RawInt>>,
     max_lifetime: Option<RawStr>,
@@ -598,6 +619,15 @@ struct RawPool {
     role_arn: Option<RawStr>,
     external_id: Option<RawStr>,
     rerun_interrupted: Option<Spanned<RawBool>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a table")]
+struct RawWarmWindow {
+    days: Option<RawList>,
+    hours: Option<RawStr>,
+    warm: Option<Spanned<RawInt>>,
+    timezone: Option<RawStr>,
 }
 
 /// An integer, or a string (which must be `env:`/`file:` to be accepted).
@@ -685,7 +715,8 @@ pub const MAX_LAUNCH_BATCH: u32 = 1000;
 /// `launch_batch_max` 20; `github.api_url` `"https://api.github.com"`, `poll`
 /// false; per pool `subnets` [] (the launch template's), `market`
 /// "on-demand" (never a spot interruption unless asked for), `os` "linux",
-/// `arch` "x64", `max_runners` 10, `warm` 0, `runner_scope` "repo",
+/// `arch` "x64", `max_runners` 10, `warm` 0, no `warm_schedule` (and in
+/// an entry: every day, the whole day, `timezone` "UTC"), `runner_scope` "repo",
 /// `runner_group_id` 1, `max_lifetime` 6h, `rerun_interrupted` true;
 /// `aws.events_queue` none; `api.enabled` true, `api.oidc_issuer` GitHub
 /// Actions' (`https://token.actions.githubusercontent.com`),
@@ -768,6 +799,9 @@ fn serde_error(text: &str, e: &toml::de::Error) -> ConfigError {
             .unwrap_or("another type");
         let expected = match (expected, key.as_deref()) {
             ("a sequence", Some("pool")) => "an array of [[pool]] tables",
+            ("a sequence", Some(k)) if k.ends_with(".warm_schedule") => {
+                "an array of [[pool.warm_schedule]] tables"
+            }
             ("a sequence", _) => "an array",
             (other, _) => other,
         };
@@ -1684,6 +1718,10 @@ impl Cx<'_> {
                 format!("must not be more than max_runners ({})", max_runners.v),
             ));
         }
+        let warm_schedule = match &r.warm_schedule {
+            Some(raw) => self.warm_schedule(&key("warm_schedule"), raw, max_runners.v)?,
+            None => Vec::new(),
+        };
 
         let runner_scope = self.choice(
             &key("runner_scope"),
@@ -1749,6 +1787,7 @@ impl Cx<'_> {
             arch: arch.v,
             max_runners: u32::try_from(max_runners.v).unwrap_or(u32::MAX),
             warm: u32::try_from(warm.v).unwrap_or(u32::MAX),
+            warm_schedule,
             runner_scope: runner_scope.v,
             runner_group_id: runner_group_id.v.unsigned_abs(),
             max_lifetime: max_lifetime.v,
@@ -1758,6 +1797,90 @@ impl Cx<'_> {
             external_id,
             rerun_interrupted,
         })
+    }
+}
+
+impl Cx<'_> {
+    /// `pool[i].warm_schedule`: each entry's `days`, `hours`, `timezone`
+    /// and `warm` (required, at most `max_runners`).
+    fn warm_schedule(
+        &self,
+        key: &str,
+        raw: &Spanned<Vec<Spanned<RawWarmWindow>>>,
+        max_runners: i64,
+    ) -> Result<Vec<WarmWindow>, ConfigError> {
+        let mut out = Vec::with_capacity(raw.get_ref().len());
+        for (j, entry) in raw.get_ref().iter().enumerate() {
+            let table = entry.span();
+            let r = entry.get_ref();
+            let key = |field: &str| format!("{key}[{j}].{field}");
+
+            let days = match &r.days {
+                None => EVERY_DAY,
+                Some(raw_days) => {
+                    let list = self.list(&key("days"), raw_days)?;
+                    if list.v.is_empty() {
+                        return Err(self.invalid(
+                            &key("days"),
+                            list.span.as_ref(),
+                            "must not be empty (leave days out for every day)",
+                        ));
+                    }
+                    let mut mask = 0u8;
+                    for (k, item) in list.v.iter().enumerate() {
+                        let item_key = format!("{}[{k}]", key("days"));
+                        let m = schedule::parse_day(&item.v)
+                            .map_err(|e| self.invalid(&item_key, item.span.as_ref(), e))?;
+                        if mask & m != 0 {
+                            return Err(self.invalid(
+                                &item_key,
+                                item.span.as_ref(),
+                                format!(
+                                    "names {} again (days of one entry must not overlap)",
+                                    schedule::day_names(mask & m)
+                                ),
+                            ));
+                        }
+                        mask |= m;
+                    }
+                    mask
+                }
+            };
+
+            let (start, end) = match self.opt_string(&key("hours"), r.hours.as_ref())? {
+                None => (0, DAY_MINUTES),
+                Some(hours) => schedule::parse_hours(&hours.v)
+                    .map_err(|e| self.invalid(&key("hours"), hours.span.as_ref(), e))?,
+            };
+
+            let utc_offset = match self.opt_string(&key("timezone"), r.timezone.as_ref())? {
+                None => 0,
+                Some(tz) => schedule::parse_utc_offset(&tz.v)
+                    .map_err(|e| self.invalid(&key("timezone"), tz.span.as_ref(), e))?,
+            };
+
+            let Some(warm) =
+                self.opt_int_in(&key("warm"), r.warm.as_ref(), 0, i64::from(u32::MAX))?
+            else {
+                return Err(self.missing(&key("warm"), Some(&table)));
+            };
+            if warm.v > max_runners {
+                return Err(self.invalid(
+                    &key("warm"),
+                    warm.span.as_ref(),
+                    format!("must not be more than max_runners ({max_runners})"),
+                ));
+            }
+
+            out.push(WarmWindow {
+                days,
+                start,
+                end,
+                utc_offset,
+                warm: u32::try_from(warm.v).unwrap_or(u32::MAX),
+            });
+        }
+        Ok(out)
     }
 }
 

@@ -3,7 +3,8 @@
 //! **Owns**: the configuration schema and its validation ([`config`]), label
 //! matching ([`labels`]), the job / launch / instance / runner model and its
 //! transitions ([`model`]), the planner that decides every action
-//! ([`plan`]), the state of on-demand runs ([`runs`]), and the rendering of instance boot scripts ([`userdata`]).
+//! ([`plan`]), warm schedules ([`schedule`]), the state of on-demand runs
+//! ([`runs`]), and the rendering of instance boot scripts ([`userdata`]).
 //!
 //! **Never**: performs I/O, reads a clock, spawns, or is async. Time comes in
 //! as an argument (`now`), secrets come in through a caller-supplied
@@ -20,4 +21,5 @@ pub mod labels;
 pub mod model;
 pub mod plan;
 pub mod runs;
+pub mod schedule;
 pub mod userdata;

@@ -608,7 +608,7 @@ pub fn plan(config: &Config, obs: &Observed, now: Millis) -> Vec<Action> {
             actions.push(terminate(i, runner, reason));
         }
     }
-    warm.retire(config, &mut terminating, &mut actions);
+    warm.retire(&mut terminating, &mut actions);
 
     // Parameters: deleted once the runner is online or the instance is gone.
     for &i in &ours {
@@ -829,13 +829,24 @@ mod interruption_tests {
 // instance is an ordinary one (its scope is set; its boot timeout counts
 // from the assignment) and a replacement warm launch is made, within the cap.
 //
+// The target N is the pool's warm target at the plan's `now`
+// ([`PoolConfig::warm_at`]): the `warm` of the first `[[pool.warm_schedule]]`
+// entry open then, else the pool's `warm`. So a schedule needs nothing but
+// the clock: when a window opens, the next plan launches up to the new
+// target; when it closes, the next plan retires the surplus.
+//
 // A waiting warm instance is never terminated for its boot timeout (it is
 // not expected to register). It is retired (terminated, `idle`) once half of
 // `max_lifetime` has passed, so a job it takes still has at least half of
 // `max_lifetime` before the instance's hard stop; its replacement is launched
-// in the same plan. Waiting instances beyond the pool's `warm` (it was
-// lowered) are terminated too, the youngest first. An assigned one is never
-// touched here: it is under a job, or about to be.
+// in the same plan. Waiting instances beyond the target (it was lowered in
+// the config, or a schedule window closed) are terminated too, the oldest
+// launch first: those kept have the most waiting time left before their own
+// retirement, so fewer replacements follow. Unanswered warm launches count
+// toward the target (none is launched while they could cover it) but are
+// never what is cut: an instance they bring beyond the target is retired
+// by a later plan. An assigned one is never touched here: it is under a
+// job, or about to be.
 // ---------------------------------------------------------------------------
 
 /// The id of a warm launch: stable for a given plan input (`now` and what is
@@ -882,6 +893,8 @@ struct WarmPool<'a> {
     stale: Vec<&'a Instance>,
     /// Warm launches recorded and not yet answered.
     requested: u32,
+    /// The pool's warm target at the plan's `now`.
+    target: u32,
 }
 
 /// The warm state of every pool for one plan.
@@ -894,7 +907,7 @@ struct Warm<'a> {
 impl<'a> Warm<'a> {
     fn survey(config: &Config, obs: &'a Observed, now: Millis, ours: &[&'a Instance]) -> Warm<'a> {
         let mut pools: Vec<WarmPool<'a>> = Vec::new();
-        let mut any = config.pools.iter().any(|p| p.warm > 0);
+        let mut any = config.pools.iter().any(|p| p.warm_at(now) > 0);
         for &i in ours {
             // Cheap test first: only a warm launch leaves a known instance
             // without a scope.
@@ -922,6 +935,9 @@ impl<'a> Warm<'a> {
         if any && pools.is_empty() {
             pools.resize_with(config.pools.len(), WarmPool::default);
         }
+        for (p, cfg) in pools.iter_mut().zip(&config.pools) {
+            p.target = cfg.warm_at(now);
+        }
         for p in &mut pools {
             p.ready.sort_by_key(|i| {
                 (
@@ -934,7 +950,8 @@ impl<'a> Warm<'a> {
         Warm { pools, idle: !any }
     }
 
-    /// Counts a recorded, unanswered warm launch of pool `idx`.
+    /// Counts a recorded, unanswered warm launch of pool `idx`. When the
+    /// survey found nothing warm, every target is 0 (the default here).
     fn requested(&mut self, idx: usize) {
         if self.pools.len() <= idx {
             self.pools.resize_with(idx + 1, WarmPool::default);
@@ -981,7 +998,7 @@ impl<'a> Warm<'a> {
         rest
     }
 
-    /// Launches warm instances up to each pool's `warm`, never past
+    /// Launches warm instances up to each pool's target, never past
     /// `max_runners` (jobs were served first).
     fn replenish<'c>(
         &self,
@@ -995,17 +1012,17 @@ impl<'a> Warm<'a> {
             return;
         }
         for (idx, pool) in config.pools.iter().enumerate() {
-            let (ready, requested) = self
+            let (ready, requested, target) = self
                 .pools
                 .get(idx)
-                .map_or((0, 0), |p| (p.ready.len() as u32, p.requested));
+                .map_or((0, 0, 0), |p| (p.ready.len() as u32, p.requested, p.target));
             let have = ready + requested;
-            if have >= pool.warm {
+            if have >= target {
                 continue;
             }
             let count = alive.get(pool.name.as_str()).copied().unwrap_or(0);
             let room = pool.max_runners.saturating_sub(count);
-            let n = (pool.warm - have).min(room);
+            let n = (target - have).min(room);
             if n == 0 || warm_backing_off(obs, &pool.name, now) {
                 continue;
             }
@@ -1039,21 +1056,21 @@ impl<'a> Warm<'a> {
     }
 
     /// Terminates waiting instances past their retirement age and those
-    /// beyond the pool's `warm` (youngest first). Called after the
+    /// beyond the pool's target (oldest launch first). Called after the
     /// assignments: an instance given a job in this plan is not here.
-    fn retire(
-        &self,
-        config: &Config,
-        terminating: &mut BTreeSet<&'a str>,
-        actions: &mut Vec<Action>,
-    ) {
+    fn retire(&self, terminating: &mut BTreeSet<&'a str>, actions: &mut Vec<Action>) {
         if self.idle {
             return;
         }
-        for (p, pool) in self.pools.iter().zip(&config.pools) {
-            let extra = p.ready.len().saturating_sub(pool.warm as usize);
-            let surplus = p.ready.iter().rev().take(extra);
-            for &i in p.stale.iter().chain(surplus) {
+        for p in &self.pools {
+            let extra = p.ready.len().saturating_sub(p.target as usize);
+            let mut surplus: Vec<&'a Instance> = Vec::new();
+            if extra > 0 {
+                surplus.extend(&p.ready);
+                surplus.sort_by_key(|i| (i.launched_at, i.id.as_str()));
+                surplus.truncate(extra);
+            }
+            for &i in p.stale.iter().chain(&surplus) {
                 if terminating.insert(i.id.as_str()) {
                     actions.push(terminate(i, None, TerminateReason::Idle));
                 }
@@ -1075,3 +1092,170 @@ fn warm_backing_off(obs: &Observed, pool: &str, now: Millis) -> bool {
 
 /// After a failed warm launch, the next one for its pool waits this long.
 pub const WARM_RETRY_MS: Millis = 30_000;
+
+#[cfg(test)]
+mod warm_schedule_tests {
+    use super::*;
+    use crate::config::{MapSecrets, parse};
+    use crate::model::{InstanceState, WarmAssignment};
+
+    /// 2024-01-01 was a Monday; 00:00 UTC.
+    const MON: Millis = 1_704_067_200_000;
+    const H: Millis = 3_600_000;
+    const M: Millis = 60_000;
+
+    const CFG: &str = "fleet = \"f\"\n[github]\ntoken = \"t\"\nwebhook_secret = \"s\"\nrepos = [\"acme/*\"]\n[[pool]]\nname = \"p\"\nlabels = [\"self-hosted\"]\nlaunch_template = \"lt-0123456789abcdef0\"\ninstance_types = [\"m5.large\"]\nmax_runners = 5\nwarm = 1\n[[pool.warm_schedule]]\ndays = [\"mon-fri\"]\nhours = \"08:00-18:00\"\nwarm = 3\n";
+
+    fn config() -> Config {
+        parse(CFG, &MapSecrets::default()).unwrap()
+    }
+
+    /// A waiting warm instance launched at `at`.
+    fn waiting(obs: &mut Observed, n: u32, at: Millis) -> String {
+        let id = format!("i-{n:017x}");
+        let lid = warm_launch_id("f", 0, at, 1);
+        obs.launches.insert(
+            lid.clone(),
+            Launch {
+                id: lid.clone(),
+                pool: "p".into(),
+                scope: Scope::Org(String::new()),
+                job_id: None,
+                unique_label: None,
+                name: None,
+                state: LaunchState::Launched,
+                requested_at: at,
+                instance_id: Some(id.clone()),
+                error: None,
+                not_before: 0,
+            },
+        );
+        obs.instances.insert(
+            id.clone(),
+            Instance {
+                id: id.clone(),
+                fleet: "f".into(),
+                pool: "p".into(),
+                state: InstanceState::Running,
+                launched_at: at,
+                launch_id: Some(lid),
+                scope: None,
+                unique_label: None,
+                market: Some(CapacityMarket::OnDemand),
+                jit_written: false,
+                param_present: false,
+                runner_online_at: None,
+                busy: false,
+                job_done_at: None,
+                terminate_requested_at: None,
+                terminate_reason: None,
+                offering: None,
+                interruption: None,
+                assigned: None,
+            },
+        );
+        id
+    }
+
+    fn terminated(actions: &[Action]) -> Vec<String> {
+        actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::Terminate {
+                    instance_id,
+                    reason: TerminateReason::Idle,
+                    ..
+                } => Some(instance_id.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn warm_launches(actions: &[Action]) -> usize {
+        actions
+            .iter()
+            .filter(|a| matches!(a, Action::Launch(l) if l.is_warm()))
+            .count()
+    }
+
+    #[test]
+    fn an_opening_window_launches_up_to_its_target() {
+        let cfg = config();
+        let mut obs = Observed::default();
+        waiting(&mut obs, 1, MON + 7 * H);
+        let before = plan(&cfg, &obs, MON + 8 * H - 1);
+        assert_eq!(warm_launches(&before), 0, "07:59: the pool's warm = 1");
+        let at_eight = plan(&cfg, &obs, MON + 8 * H);
+        assert_eq!(warm_launches(&at_eight), 2, "08:00: up to 3");
+        assert!(terminated(&at_eight).is_empty());
+        // Saturday 08:00: the weekdays' window is closed.
+        let sat = MON + 5 * 24 * H;
+        let mut obs = Observed::default();
+        waiting(&mut obs, 1, sat + 7 * H);
+        assert_eq!(warm_launches(&plan(&cfg, &obs, sat + 8 * H)), 0);
+    }
+
+    #[test]
+    fn a_closing_window_retires_the_oldest_waiting_and_never_an_assigned_one() {
+        let cfg = config();
+        let mut obs = Observed::default();
+        let old = waiting(&mut obs, 1, MON + 17 * H);
+        let mid = waiting(&mut obs, 2, MON + 17 * H + 20 * M);
+        let young = waiting(&mut obs, 3, MON + 17 * H + 40 * M);
+        // The oldest of all was given a job a minute ago: no longer waiting.
+        let given = waiting(&mut obs, 4, MON + 16 * H);
+        {
+            let i = obs.instances.get_mut(&given).unwrap();
+            i.scope = Some(Scope::Repo("acme/app".into()));
+            i.assigned = Some(WarmAssignment {
+                job_id: 9,
+                at: MON + 18 * H - M,
+            });
+            i.jit_written = true;
+        }
+        let open = plan(&cfg, &obs, MON + 18 * H - 1);
+        assert!(terminated(&open).is_empty(), "17:59: 3 wait, 3 wanted");
+        assert_eq!(warm_launches(&open), 0);
+        let closed = plan(&cfg, &obs, MON + 18 * H);
+        let mut gone = terminated(&closed);
+        gone.sort();
+        assert_eq!(gone, vec![old, mid], "18:00: the two oldest go");
+        assert!(!gone.contains(&young) && !gone.contains(&given));
+        assert_eq!(warm_launches(&closed), 0);
+    }
+
+    #[test]
+    fn unanswered_warm_launches_count_toward_the_target() {
+        let cfg = config();
+        let mut obs = Observed::default();
+        waiting(&mut obs, 1, MON + 7 * H);
+        let actions = plan(&cfg, &obs, MON + 8 * H);
+        for a in &actions {
+            if let Action::Launch(l) = a {
+                obs.launches.insert(
+                    l.id.clone(),
+                    Launch {
+                        id: l.id.clone(),
+                        pool: l.pool.clone(),
+                        scope: l.scope.clone(),
+                        job_id: None,
+                        unique_label: None,
+                        name: None,
+                        state: LaunchState::Requested,
+                        requested_at: MON + 8 * H,
+                        instance_id: None,
+                        error: None,
+                        not_before: 0,
+                    },
+                );
+                obs.in_flight.insert(l.id.clone());
+            }
+        }
+        let next = plan(&cfg, &obs, MON + 8 * H + 500);
+        assert_eq!(warm_launches(&next), 0, "two are on their way");
+        // The window closes before they are answered: nothing waiting is
+        // cut below the target for them.
+        let closed = plan(&cfg, &obs, MON + 18 * H);
+        assert!(terminated(&closed).is_empty());
+    }
+}

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use proptest::prelude::*;
 use runfleet_core::config::{
-    Arch, Config, ConfigError, ConfigErrorKind, MapSecrets, Market, Os, RunnerScope,
+    Arch, Config, ConfigError, ConfigErrorKind, MapSecrets, Market, Os, RunnerScope, WarmWindow,
     format_duration, parse, parse_duration,
 };
 
@@ -1229,4 +1229,194 @@ proptest! {
             }
         }
     }
+}
+
+// ---------------------------------------------------------------------------
+// Warm schedules
+// ---------------------------------------------------------------------------
+
+/// BASE with `lines` appended to the last pool (`pool[1]`, max_runners 10).
+fn with_schedule(lines: &str) -> String {
+    edit(&[("arch = \"arm64\"", &format!("arch = \"arm64\"\n{lines}"))])
+}
+
+#[test]
+fn warm_schedule_parses() {
+    let text = with_schedule(
+        "warm = 1\n\
+         [[pool.warm_schedule]]\n\
+         days = [\"mon-fri\"]\n\
+         hours = \"08:00-18:00\"\n\
+         warm = 4\n\
+         timezone = \"+02:00\"\n\
+         [[pool.warm_schedule]]\n\
+         days = [\"sat\", \"Sunday\"]\n\
+         warm = 0\n\
+         [[pool.warm_schedule]]\n\
+         hours = \"22:00-06:00\"\n\
+         warm = 2\n",
+    );
+    let c = ok(&text);
+    assert!(c.pools[0].warm_schedule.is_empty());
+    let p = &c.pools[1];
+    assert_eq!(p.warm, 1);
+    assert_eq!(
+        p.warm_schedule,
+        vec![
+            WarmWindow {
+                days: 0b001_1111,
+                start: 8 * 60,
+                end: 18 * 60,
+                utc_offset: 120,
+                warm: 4,
+            },
+            WarmWindow {
+                days: 0b110_0000,
+                start: 0,
+                end: 24 * 60,
+                utc_offset: 0,
+                warm: 0,
+            },
+            WarmWindow {
+                days: 0b111_1111,
+                start: 22 * 60,
+                end: 6 * 60,
+                utc_offset: 0,
+                warm: 2,
+            },
+        ]
+    );
+    // 2024-01-01 was a Monday.
+    const MON: u64 = 1_704_067_200_000;
+    const H: u64 = 3_600_000;
+    assert_eq!(p.warm_at(MON + 7 * H), 4, "09:00 at +02:00");
+    assert_eq!(p.warm_at(MON + 16 * H), 1, "18:00 at +02:00: closed");
+    assert_eq!(p.warm_at(MON + 23 * H), 2, "the night");
+    assert_eq!(
+        p.warm_at(MON + 5 * 24 * H + 3 * H),
+        0,
+        "Saturday: the weekend entry first"
+    );
+    assert_eq!(
+        p.warm_at(MON + 3 * 24 * H + 12 * H),
+        4,
+        "Thursday 14:00 at +02:00"
+    );
+}
+
+#[test]
+fn warm_schedule_inline_and_env_values() {
+    let text =
+        with_schedule("warm_schedule = [{ hours = \"env:WORK_HOURS\", warm = \"env:WORK_WARM\" }]");
+    let s = secrets()
+        .with_env("WORK_HOURS", "09:00-17:00")
+        .with_env("WORK_WARM", "3");
+    let c = parse(&text, &s).unwrap();
+    assert_eq!(c.pools[1].warm_schedule[0].start, 9 * 60);
+    assert_eq!(c.pools[1].warm_schedule[0].warm, 3);
+    let c = ok(&with_schedule("warm_schedule = []"));
+    assert!(c.pools[1].warm_schedule.is_empty());
+}
+
+#[test]
+fn warm_schedule_errors_name_the_key_and_line() {
+    let entry = |body: &str| with_schedule(&format!("[[pool.warm_schedule]]\n{body}"));
+    let key = "pool[1].warm_schedule[0]";
+    assert_error(
+        &entry("days = [\"mon\", \"fry\"]\nwarm = 1"),
+        "days",
+        &format!("{key}.days[1]"),
+        &format!(
+            "{key}.days[1]: \"fry\" is not a day: use mon, tue, wed, thu, fri, sat, sun or a range like \"mon-fri\""
+        ),
+    );
+    assert_error(
+        &entry("days = [\"mon-fri\", \"wed\"]\nwarm = 1"),
+        "days",
+        &format!("{key}.days[1]"),
+        &format!("{key}.days[1]: names wed again (days of one entry must not overlap)"),
+    );
+    assert_error(
+        &entry("days = []\nwarm = 1"),
+        "days",
+        &format!("{key}.days"),
+        &format!("{key}.days: must not be empty (leave days out for every day)"),
+    );
+    let e = assert_error(
+        &entry("hours = \"8-18\"\nwarm = 1"),
+        "hours",
+        &format!("{key}.hours"),
+        &format!(
+            "{key}.hours: \"8-18\" is not a time range like \"08:00-18:00\" (start-end, 24-hour clock, end exclusive; \"22:00-06:00\" wraps past midnight)"
+        ),
+    );
+    assert_eq!(e.kind(), ConfigErrorKind::Invalid);
+    assert_error(
+        &entry("hours = \"08:00-25:00\"\nwarm = 1"),
+        "hours",
+        &format!("{key}.hours"),
+        &format!(
+            "{key}.hours: \"25:00\" is not a time of day (00:00 to 23:59, or 24:00 as an end)"
+        ),
+    );
+    assert_error(
+        &entry("hours = \"08:00-08:00\"\nwarm = 1"),
+        "hours",
+        &format!("{key}.hours"),
+        &format!(
+            "{key}.hours: \"08:00-08:00\" starts and ends at the same time; leave hours out for the whole day"
+        ),
+    );
+    assert_error(
+        &entry("timezone = \"Europe/Berlin\"\nwarm = 1"),
+        "timezone",
+        &format!("{key}.timezone"),
+        &format!(
+            "{key}.timezone: \"Europe/Berlin\" is not \"UTC\" or a fixed offset like \"+02:00\" or \"-05:30\" (time zone names are not supported: daylight saving time is not applied)"
+        ),
+    );
+    assert_error(
+        &entry("warm = 11"),
+        "warm = 11",
+        &format!("{key}.warm"),
+        &format!("{key}.warm: must not be more than max_runners (10)"),
+    );
+    assert_error(
+        &entry("warm = -1"),
+        "warm = -1",
+        &format!("{key}.warm"),
+        &format!("{key}.warm: must be between 0 and 4294967295"),
+    );
+    let e = assert_error(
+        &entry("hours = \"08:00-18:00\""),
+        "[[pool.warm_schedule]]",
+        &format!("{key}.warm"),
+        &format!("{key}.warm: required key is missing"),
+    );
+    assert_eq!(e.kind(), ConfigErrorKind::Missing);
+    let e = assert_error(
+        &entry("warm = 1\nday = [\"mon\"]"),
+        "day =",
+        &format!("{key}.day"),
+        &format!("unknown key `day` in {key}"),
+    );
+    assert_eq!(e.kind(), ConfigErrorKind::UnknownKey);
+    let e = assert_error(
+        &with_schedule("[pool.warm_schedule]\nwarm = 1"),
+        "warm_schedule",
+        "pool[1].warm_schedule",
+        "pool[1].warm_schedule: expected an array of [[pool.warm_schedule]] tables, found a table",
+    );
+    assert_eq!(e.kind(), ConfigErrorKind::WrongType);
+    // The second entry of the first pool.
+    let text = edit(&[(
+        "instance_types = [\"m7i.large\"]",
+        "instance_types = [\"m7i.large\"]\nmax_runners = 3\n[[pool.warm_schedule]]\nwarm = 3\n[[pool.warm_schedule]]\nwarm = 4",
+    )]);
+    assert_error(
+        &text,
+        "warm = 4",
+        "pool[0].warm_schedule[1].warm",
+        "pool[0].warm_schedule[1].warm: must not be more than max_runners (3)",
+    );
 }

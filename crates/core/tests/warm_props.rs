@@ -9,7 +9,12 @@
 //! - a warm instance is assigned to at most one job, a job gets at most
 //!   one warm instance, and a job that got one is not launched for;
 //! - no instance is terminated while it is assigned and busy (or busy at all);
-//! - once the jobs are done, the warm count is restored (`warm`, within the cap).
+//! - a waiting warm instance cut as surplus (not for its age) is never
+//!   younger than one kept waiting: the oldest go first;
+//! - once the jobs are done, the warm count is restored (`warm`, within the cap);
+//! - with a `warm_schedule`, the waiting count never exceeds the target at
+//!   the time of the plan, and equals it (within the cap) whenever no job is
+//!   live, across random times, offsets, days and windows past midnight.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
@@ -17,7 +22,7 @@ use std::time::Duration;
 use proptest::prelude::*;
 use runfleet_core::config::*;
 use runfleet_core::model::*;
-use runfleet_core::plan::{Action, Observed, is_waiting_warm, plan};
+use runfleet_core::plan::{Action, Observed, is_waiting_warm, plan, warm_retire_after};
 use support::strings;
 
 mod support;
@@ -122,6 +127,8 @@ impl Model {
     fn round(&mut self) -> Result<usize, TestCaseError> {
         let actions = plan(&self.cfg, &self.obs, self.now);
         let n = actions.len();
+        // Waiting warm instances cut as surplus in this plan (not for age).
+        let mut cut: Vec<(String, Millis, String)> = Vec::new();
         for a in actions {
             match a {
                 Action::Launch(lp) => {
@@ -215,6 +222,14 @@ impl Model {
                     i.runner_online_at = Some(self.now);
                 }
                 Action::Terminate { instance_id, .. } => {
+                    let i = &self.obs.instances[&instance_id];
+                    let retire_after = warm_retire_after(self.cfg.pool(&i.pool).unwrap());
+                    if i.alive()
+                        && is_waiting_warm(&self.obs, i)
+                        && self.now.saturating_sub(i.launched_at) < retire_after
+                    {
+                        cut.push((i.pool.clone(), i.launched_at, i.id.clone()));
+                    }
                     let i = self.obs.instances.get_mut(&instance_id).unwrap();
                     prop_assert!(!i.busy, "terminates busy {instance_id}");
                     i.state = InstanceState::Terminated;
@@ -230,6 +245,18 @@ impl Model {
                     self.obs.jobs.get_mut(&job_id).unwrap().state = state;
                 }
                 Action::DeleteRunner { .. } | Action::RerunJob { .. } => {}
+            }
+        }
+        for (pool, at, id) in &cut {
+            for i in self.obs.instances.values() {
+                if i.pool == *pool && i.alive() && is_waiting_warm(&self.obs, i) {
+                    prop_assert!(
+                        (i.launched_at, &i.id) > (*at, id),
+                        "kept {} (launched {}) but cut {id} (launched {at})",
+                        i.id,
+                        i.launched_at
+                    );
+                }
             }
         }
         self.github_assigns();
@@ -406,5 +433,80 @@ proptest! {
         let alive: BTreeSet<String> = m.obs.instances.values().filter(|i| i.alive()).map(|i| i.id.clone()).collect();
         prop_assert!(alive.is_disjoint(&first), "not retired: {alive:?}");
         prop_assert_eq!(m.waiting("p0"), warm);
+    }
+}
+
+/// 2024-01-01 00:00 UTC, a Monday.
+const MONDAY: Millis = 1_704_067_200_000;
+const DAY: Millis = 24 * 3_600_000;
+
+/// One schedule entry: (days mask, start minute, length in minutes, warm,
+/// offset in quarter hours).
+fn window() -> impl Strategy<Value = (u8, u16, u16, u32, i16)> {
+    (1u8..128, 0u16..1440, 1u16..1440, 0u32..6, -48i16..=56)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+    #[test]
+    fn warm_follows_its_schedule(
+        max in 1u32..6,
+        default in 0u32..4,
+        windows in prop::collection::vec(window(), 0..4),
+        start in 0u64..(14 * DAY),
+        ops in prop::collection::vec(
+            prop_oneof![
+                3 => (1u64..(12 * 3_600_000)).prop_map(Op::Wait),
+                1 => prop::collection::vec((0usize..1, 0usize..3), 1..4).prop_map(Op::Queue),
+                1 => (0usize..8).prop_map(Op::Complete),
+            ],
+            1..40,
+        ),
+    ) {
+        let mut cfg = config([max, 1], [default, 0], false);
+        cfg.pools[0].warm_schedule = windows
+            .iter()
+            .map(|&(days, start, len, warm, quarters)| WarmWindow {
+                days,
+                start,
+                end: (start + len) % 1440,
+                utc_offset: quarters * 15,
+                warm: warm.min(max),
+            })
+            .collect();
+        let mut m = Model::new(cfg.clone());
+        m.now = MONDAY + start;
+        let check = |m: &Model| -> Result<(), TestCaseError> {
+            let p = &m.cfg.pools[0];
+            let target = p.warm_at(m.now);
+            let waiting = m.waiting(&p.name);
+            prop_assert!(waiting <= target, "{waiting} waiting, target {target} at {}", m.now);
+            let live = m.obs.jobs.values().any(|j| !j.state.is_terminal());
+            if !live {
+                let others = m.alive(&p.name) - waiting;
+                prop_assert_eq!(
+                    waiting,
+                    target.min(p.max_runners - others),
+                    "at {} ({} others alive)", m.now, others
+                );
+            }
+            Ok(())
+        };
+        m.settle_rounds()?;
+        check(&m)?;
+        for op in ops {
+            match op {
+                Op::Queue(jobs) => {
+                    for (p, r) in jobs {
+                        m.queue(p, r);
+                    }
+                }
+                Op::Wait(ms) => m.now += ms,
+                Op::Complete(n) => m.complete(n),
+            }
+            m.settle_rounds()?;
+            check(&m)?;
+        }
     }
 }

@@ -94,6 +94,12 @@ pub struct SimOptions {
     pub world: WorldConfig,
     /// Jobs to replay instead of `jobs` generated ones (`runfleet simulate`).
     pub trace: Option<Vec<TraceJob>>,
+    /// Unix time (ms) the virtual clock starts at: what the planner sees
+    /// as `now`, so warm schedules (`[[pool.warm_schedule]]`) are read
+    /// against it. Arrivals, `time_limit`, a `world.heal_at` that is set,
+    /// [`Progress::now`] and the summary's times all count from it. 0
+    /// (the default) is 1970-01-01 00:00 UTC, a Thursday.
+    pub start: Millis,
 }
 
 /// One job of a replayed trace.
@@ -108,15 +114,26 @@ pub struct TraceJob {
     pub repo: String,
 }
 
-/// The config with every pool's `warm` set to 0: what the driver restarts
-/// the controller with once every job is done, so warm instances drain and
-/// the end-of-run invariants (nothing left) can be judged.
+/// The config with every pool's `warm` set to 0 and no `warm_schedule`:
+/// what the driver restarts the controller with once every job is done, so
+/// warm instances drain and the end-of-run invariants (nothing left) can be
+/// judged.
 pub fn without_warm(config: &Config) -> Config {
     let mut c = config.clone();
     for p in &mut c.pools {
         p.warm = 0;
+        p.warm_schedule.clear();
     }
     c
+}
+
+/// Whether any pool of `config` ever keeps warm instances (its `warm` or
+/// a `warm_schedule` entry is above 0).
+pub fn ever_warm(config: &Config) -> bool {
+    config
+        .pools
+        .iter()
+        .any(|p| p.warm > 0 || p.warm_schedule.iter().any(|w| w.warm > 0))
 }
 
 impl Default for SimOptions {
@@ -132,6 +149,7 @@ impl Default for SimOptions {
             reorder_weight: 0.2,
             world: WorldConfig::default(),
             trace: None,
+            start: 0,
         }
     }
 }
@@ -155,6 +173,7 @@ impl SimOptions {
 /// What is happening, for a live display.
 #[derive(Debug, Clone, Serialize)]
 pub struct Progress {
+    /// Virtual time since the run started ([`SimOptions::start`]).
     pub now: Millis,
     pub jobs: usize,
     pub queued: usize,
@@ -220,7 +239,7 @@ pub struct Summary {
     pub busy_instance_seconds: u64,
     pub simulated_seconds: u64,
     /// Virtual time of the first and the last launch call that started an
-    /// instance of this fleet (ms), for burst measurements.
+    /// instance of this fleet (ms since the start), for burst measurements.
     pub launch_calls_ms: (Millis, Millis),
     pub timed_out: bool,
     pub calls: CallCounts,
@@ -346,9 +365,11 @@ pub async fn run_wrapped(
     wcfg.seed = opts.seed;
     wcfg.faults = opts.faults;
     wcfg.jit_poll_timeout = config.server.boot_timeout.as_millis() as Millis;
+    let start = opts.start;
     if wcfg.heal_at == 0 {
         wcfg.heal_at = opts.arrival_window + 10 * 60 * 1000;
     }
+    wcfg.heal_at += start;
     let world = Arc::new(Mutex::new(World::new(wcfg)));
     let store = Arc::new(MemStore::new());
     let foreign;
@@ -372,7 +393,13 @@ pub async fn run_wrapped(
         ];
         for (n, t) in opts.trace.iter().flatten().enumerate() {
             let id = 1_000_000 + n as u64;
-            w.add_job(id, 5_000 + n as u64, &t.repo, t.labels.clone(), t.at);
+            w.add_job(
+                id,
+                5_000 + n as u64,
+                &t.repo,
+                t.labels.clone(),
+                start + t.at,
+            );
             if let Some(j) = w.jobs.get_mut(&id) {
                 j.duration = t.duration;
             }
@@ -400,7 +427,7 @@ pub async fn run_wrapped(
                 5_000 + (n / 4) as u64,
                 &repo,
                 labels,
-                at,
+                start + at,
             );
         }
     }
@@ -408,7 +435,7 @@ pub async fn run_wrapped(
     let cloud: Arc<dyn Cloud> = Arc::new(SimCloud(world.clone()));
     let dyn_store: Arc<dyn Store> = store.clone();
     let drained = Arc::new(without_warm(&config));
-    let warm_any = config.pools.iter().any(|p| p.warm > 0);
+    let warm_any = ever_warm(&config);
     let mut draining = false;
     let new_engine = |now, config: &Arc<Config>| {
         Engine::new(
@@ -420,10 +447,12 @@ pub async fn run_wrapped(
             now,
         )
     };
-    let mut engine = new_engine(0, &config).await.map_err(|e| e.to_string())?;
+    let mut engine = new_engine(start, &config)
+        .await
+        .map_err(|e| e.to_string())?;
     let reconcile_every = config.server.reconcile_interval.as_millis() as Millis;
-    let mut next_reconcile = 0;
-    let mut now: Millis = 0;
+    let mut next_reconcile = start;
+    let mut now: Millis = start;
     let mut terminations = std::collections::BTreeMap::new();
     let timed_out;
     let heal_at = world.lock().unwrap().cfg.heal_at;
@@ -503,7 +532,7 @@ pub async fn run_wrapped(
                 .filter(|l| l.state == runfleet_core::model::LaunchState::Requested)
                 .count();
             let p = Progress {
-                now,
+                now: now - start,
                 jobs,
                 queued: by.get("queued").copied().unwrap_or(0)
                     + by.get("pending").copied().unwrap_or(0),
@@ -545,7 +574,7 @@ pub async fn run_wrapped(
             timed_out = false;
             break;
         }
-        if now >= opts.time_limit {
+        if now - start >= opts.time_limit {
             timed_out = true;
             break;
         }
@@ -636,10 +665,16 @@ pub async fn run_wrapped(
         queue_to_start_ms: Percentiles::of(q2s),
         wasted_instance_seconds: alive_ms.saturating_sub(busy_ms) / 1000,
         busy_instance_seconds: busy_ms / 1000,
-        simulated_seconds: w.now / 1000,
+        simulated_seconds: w.now.saturating_sub(start) / 1000,
         launch_calls_ms: (
-            ours.iter().map(|i| i.launched_at).min().unwrap_or(0),
-            ours.iter().map(|i| i.launched_at).max().unwrap_or(0),
+            ours.iter()
+                .map(|i| i.launched_at - start)
+                .min()
+                .unwrap_or(0),
+            ours.iter()
+                .map(|i| i.launched_at - start)
+                .max()
+                .unwrap_or(0),
         ),
         timed_out,
         calls: w.calls.clone(),

@@ -31,6 +31,6 @@ pub mod driver;
 pub mod world;
 
 pub use driver::{
-    Percentiles, Progress, SimOptions, Summary, TraceJob, Usage, demo_config, run, run_wrapped,
-    without_warm,
+    Percentiles, Progress, SimOptions, Summary, TraceJob, Usage, demo_config, ever_warm, run,
+    run_wrapped, without_warm,
 };

@@ -2,8 +2,10 @@
 //! instances boot and wait unregistered, a job takes one without a launch
 //! and starts within seconds, a replacement is launched within
 //! `max_runners`, a waiting one is retired and replaced before its
-//! `max_lifetime`, lowering `warm` terminates the extras, and a whole run
-//! with warm pools keeps every end-of-run invariant.
+//! `max_lifetime`, lowering `warm` terminates the extras, the warm count
+//! follows a `[[pool.warm_schedule]]` window across midnight on the virtual
+//! clock, and a whole run with warm pools (scheduled or not) keeps every
+//! end-of-run invariant.
 
 use std::sync::{Arc, Mutex};
 
@@ -102,15 +104,21 @@ struct Rig {
 
 impl Rig {
     async fn new(cfg: Config) -> Rig {
+        Self::starting_at(cfg, 0).await
+    }
+
+    /// A rig whose virtual clock starts at `start` (Unix ms): the planner's
+    /// `now`, which warm schedules are read against.
+    async fn starting_at(cfg: Config, start: Millis) -> Rig {
         let world = Arc::new(Mutex::new(World::new(WorldConfig::default())));
         world.lock().unwrap().repos = vec!["acme/app".into()];
         let store = Arc::new(MemStore::new());
-        let engine = Self::engine(&world, &store, cfg, 0).await;
+        let engine = Self::engine(&world, &store, cfg, start).await;
         Rig {
             world,
             store,
             engine,
-            now: 0,
+            now: start,
             max_alive: 0,
         }
     }
@@ -323,4 +331,103 @@ fn lowering_warm_terminates_the_extras() {
         let w = rig.world.lock().unwrap();
         assert_eq!(w.instances.len(), 3, "nothing else was launched");
     });
+}
+
+/// 2024-01-04 00:00 UTC, a Thursday.
+const THURSDAY: Millis = 1_704_326_400_000;
+const MINUTE: Millis = 60_000;
+const HOUR: Millis = 60 * MINUTE;
+
+/// One warm instance by default; three from Thursday 23:55 to 00:05 the
+/// next day (a window that starts on Thursday and wraps past midnight).
+const NIGHT_SCHEDULE: &str = "warm = 1\n\
+    [[pool.warm_schedule]]\n\
+    days = [\"thu\"]\n\
+    hours = \"23:55-00:05\"\n\
+    warm = 3\n";
+
+#[test]
+fn the_warm_count_follows_a_schedule_across_midnight() {
+    rt().block_on(async {
+        let start = THURSDAY + 23 * HOUR + 50 * MINUTE;
+        let mut rig = Rig::starting_at(config_with(60, NIGHT_SCHEDULE), start).await;
+        rig.run_for(4 * MINUTE + 30_000).await;
+        let first = rig.waiting();
+        assert_eq!(first.len(), 1, "23:54:30: the pool's warm = 1");
+
+        // 23:55: the window opens; two more boot and wait.
+        rig.run_for(MINUTE).await;
+        let night = rig.waiting();
+        assert_eq!(night.len(), 3, "23:55:30: {night:?}");
+        assert!(night.contains(&first[0]));
+        assert_eq!(rig.engine.stats().terminations.get("idle"), None);
+
+        // Past midnight (Friday) the Thursday window is still open.
+        rig.run_for(9 * MINUTE).await;
+        assert_eq!(rig.now, THURSDAY + 24 * HOUR + 4 * MINUTE + 30_000);
+        assert_eq!(rig.waiting(), night, "00:04:30 Friday: still three");
+
+        // 00:05: it closes; the two oldest waiting are retired, first the
+        // one that waited since 23:50.
+        rig.run_for(MINUTE).await;
+        let after = rig.waiting();
+        assert_eq!(after.len(), 1, "00:05:30: {after:?}");
+        assert_ne!(after, first, "the oldest was kept");
+        assert!(night.contains(&after[0]), "nothing new was launched");
+        assert_eq!(rig.engine.stats().terminations.get("idle"), Some(&2));
+        assert_eq!(rig.alive("linux-x64"), 1);
+        let w = rig.world.lock().unwrap();
+        assert!(w.instances[&first[0]].state.is_gone());
+        assert_eq!(w.instances.len(), 3, "three launched in all");
+        assert_eq!(w.runners_named("runfleet-"), 0, "none ever registered");
+    });
+}
+
+#[test]
+fn a_window_opens_only_on_its_days() {
+    rt().block_on(async {
+        // The same schedule from Friday 23:50: Friday starts no window.
+        let start = THURSDAY + 24 * HOUR + 23 * HOUR + 50 * MINUTE;
+        let mut rig = Rig::starting_at(config_with(60, NIGHT_SCHEDULE), start).await;
+        rig.run_for(20 * MINUTE).await;
+        assert_eq!(rig.waiting().len(), 1);
+        assert_eq!(rig.world.lock().unwrap().instances.len(), 1);
+    });
+}
+
+#[test]
+fn a_whole_run_through_a_scheduled_window_keeps_every_invariant() {
+    // Jobs from Thursday 23:40 for 40 minutes, faults on; a window of five
+    // warm instances from 23:50 to 00:10 at +01:00 (00:50-01:10 local,
+    // Friday's), one outside it.
+    let cfg = config_with(
+        60,
+        "warm = 1\n\
+         [[pool.warm_schedule]]\n\
+         days = [\"fri\"]\n\
+         hours = \"00:50-01:10\"\n\
+         timezone = \"+01:00\"\n\
+         warm = 5\n",
+    );
+    let opts = SimOptions {
+        jobs: 80,
+        seed: 5,
+        faults: 0.05,
+        arrival_window: 40 * MINUTE,
+        start: THURSDAY + 23 * HOUR + 40 * MINUTE,
+        ..SimOptions::default()
+    };
+    let s = simulate(cfg.clone(), &opts);
+    assert_eq!(s.completed, 80);
+    assert!(s.simulated_seconds < 3 * 3600, "{} s", s.simulated_seconds);
+    // The same run with the schedule's window never open launches fewer.
+    let mut closed = cfg;
+    closed.pools[0].warm_schedule.clear();
+    let c = simulate(closed, &opts);
+    assert!(
+        s.instances_launched > c.instances_launched,
+        "scheduled {} vs plain {}",
+        s.instances_launched,
+        c.instances_launched
+    );
 }

@@ -26,6 +26,7 @@ pub fn pool(name: &str, labels: &[&str], max_runners: u32) -> PoolConfig {
         arch: Arch::X64,
         max_runners,
         warm: 0,
+        warm_schedule: Vec::new(),
         runner_scope: RunnerScope::Repo,
         runner_group_id: 1,
         max_lifetime: Duration::from_secs(6 * 3600),
