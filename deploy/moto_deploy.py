@@ -218,7 +218,10 @@ def main(endpoint, template_path):
     )
     rp = iam.get_role_policy(RoleName=runner["RoleName"], PolicyName="read-jit-config")
     rs = statements(rp["PolicyDocument"])
-    check(len(rs) == 1 and rs[0]["Action"] == "ssm:GetParameter", f"runner policy {rs}")
+    check(
+        len(rs) == 1 and sorted(as_list(rs[0]["Action"])) == ["ssm:DeleteParameter", "ssm:GetParameter"],
+        f"runner policy {rs}",
+    )
     check(
         rs[0]["Resource"].endswith(f":parameter/runfleet/{FLEET}/instances/*/jitconfig"),
         f"runner reads more than its fleet's JIT configs: {rs[0]['Resource']}",

@@ -14,10 +14,10 @@
 //! just-in-time config is in SSM; the instance registers by itself and
 //! powers off (terminating, `InstanceInitiatedShutdownBehavior=terminate`)
 //! after its one job, or at the pool's `max_lifetime`, or when no config
-//! came within `boot_timeout`. With `--wait` it also polls GitHub until the
-//! runner is online, deletes the parameter, and on timeout (or Ctrl-C)
-//! terminates the instance, deletes its parameter and deregisters its
-//! runner before exiting 1.
+//! came within `boot_timeout`; its boot script deletes the parameter as soon
+//! as it has read it. With `--wait` it also polls GitHub until the runner is
+//! online, and on timeout (or Ctrl-C) terminates the instance, deletes its
+//! parameter and deregisters its runner before exiting 1.
 
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -228,7 +228,7 @@ impl Broker {
         }
     }
 
-    /// Polls GitHub until the runner is online (then deletes the parameter).
+    /// Polls GitHub until the runner is online.
     async fn wait_online(&mut self, deadline: tokio::time::Instant) -> Result<Step> {
         let mut polls = 0u32;
         loop {
@@ -239,7 +239,8 @@ impl Broker {
                 .map_err(|e| anyhow!("store: {}", e.message))?;
             polls += 1;
             let _ = self.engine.take_last_error();
-            // The runner online: its parameter goes (the planner says so).
+            // Whatever the planner wants for this run now (a parameter
+            // left behind, for one).
             self.act().await?;
             let st = self
                 .status()

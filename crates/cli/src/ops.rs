@@ -112,7 +112,9 @@ fn describe(a: &Action) -> String {
             format!("terminate {instance_id} (pool {pool}): {}", reason.as_str())
         }
         Action::DeleteParameter { instance_id } => {
-            format!("delete parameter of {instance_id}: instance gone or runner online")
+            format!(
+                "delete parameter of {instance_id}: left behind (instance gone or unknown, or its own delete failed)"
+            )
         }
         Action::DeleteRunner { name, scope, .. } => {
             format!("deregister runner {name} in {scope}: its instance is gone")

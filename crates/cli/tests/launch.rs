@@ -155,6 +155,18 @@ max_runners = 3
             .ok()?;
         out.parameter()?.value().map(str::to_string)
     }
+
+    /// What the boot script does once it has read its config.
+    async fn delete_param(&self, instance_id: &str) {
+        let name = format!("/runfleet/{}/instances/{instance_id}/jitconfig", self.fleet);
+        self.world
+            .ssm
+            .delete_parameter()
+            .name(name)
+            .send()
+            .await
+            .unwrap();
+    }
 }
 
 fn text(b: &[u8]) -> String {
@@ -292,12 +304,14 @@ async fn wait_returns_once_the_runner_is_online_and_its_parameter_is_gone() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    // Play the machine: once its config is in SSM, the runner connects.
+    // Play the machine: once its config is in SSM, the boot script reads
+    // it, deletes it, and the runner connects.
     let deadline = Instant::now() + Duration::from_secs(60);
     let jit = loop {
         if let Some((iid, _)) = e.ours().await.first()
             && let Some(jit) = e.param(iid).await
         {
+            e.delete_param(iid).await;
             break jit;
         }
         assert!(
@@ -320,7 +334,7 @@ async fn wait_returns_once_the_runner_is_online_and_its_parameter_is_gone() {
     assert!(e.fake.runner_by_name(&runner).unwrap().online);
     assert!(
         e.param(&iid).await.is_none(),
-        "the parameter is deleted once the runner is online"
+        "the parameter is gone once the runner is online"
     );
     assert!(
         std::fs::read_to_string(&out_file)
@@ -824,7 +838,11 @@ fn the_example_iam_policies_cover_every_call_runfleet_makes() {
         serde_json::from_str(&repo_file("examples/iam/runner-instance-policy.json")).unwrap();
     let st = runner["Statement"].as_array().unwrap();
     assert_eq!(st.len(), 1);
-    assert_eq!(st[0]["Action"], "ssm:GetParameter");
+    // Read its config, then delete it (the boot script does both).
+    assert_eq!(
+        st[0]["Action"],
+        serde_json::json!(["ssm:GetParameter", "ssm:DeleteParameter"])
+    );
     assert_eq!(
         st[0]["Resource"],
         "arn:aws:ssm:REGION:ACCOUNT_ID:parameter/runfleet/FLEET/instances/*"

@@ -262,7 +262,9 @@ async fn a_webhook_launches_one_tagged_instance_and_a_completed_job_cleans_up() 
     assert_eq!(tag("runfleet:pool").as_deref(), Some("linux-x64"));
     assert_eq!(tag("Name").as_deref(), Some("runfleet-linux-x64"));
 
-    // The instance boots and its runner takes the job, which completes.
+    // The instance boots and its runner takes the job, which completes. It
+    // plays an instance whose own delete of its config failed (a role
+    // without ssm:DeleteParameter): the controller deletes the leftover.
     let jit = e.param(&id).await.unwrap();
     e.fake
         .connect_jit(&jit)
@@ -270,14 +272,13 @@ async fn a_webhook_launches_one_tagged_instance_and_a_completed_job_cleans_up() 
         .expect("the JIT config names a runner");
     let runner = format!("runfleet-linux-x64-{id}");
     e.fake.start_job(job.job_id, &runner).await.unwrap();
-    until(
-        "the parameter deleted once the runner is online",
-        || async { e.param(&id).await.is_none() },
-    )
-    .await;
     e.fake.complete_job(job.job_id, "success").await.unwrap();
     until("the instance terminated after completed_grace", || async {
         e.alive().await == 0
+    })
+    .await;
+    until("its leftover parameter deleted", || async {
+        e.param(&id).await.is_none()
     })
     .await;
     assert_eq!(e.ours().await.len(), 1, "never a second instance");

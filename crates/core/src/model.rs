@@ -434,7 +434,10 @@ pub struct Instance {
     pub market: Option<CapacityMarket>,
     /// The JIT config was minted and written to SSM.
     pub jit_written: bool,
-    /// The SSM parameter may still exist.
+    /// The SSM parameter may still exist: the controller wrote it and has
+    /// not deleted it. The instance deletes it itself after reading it,
+    /// which this flag does not see; the planner goes by the listing
+    /// ([`crate::plan::Observed::params`]).
     pub param_present: bool,
     /// First time its runner was seen online (or took a job).
     pub runner_online_at: Option<Millis>,

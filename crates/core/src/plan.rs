@@ -38,7 +38,10 @@ pub struct Observed {
     pub instances: BTreeMap<String, Instance>,
     /// Runners GitHub lists in the scopes runfleet uses.
     pub runners: Vec<Runner>,
-    /// Instance ids with a JIT parameter under the fleet's prefix, as listed.
+    /// Instance ids with a JIT parameter under the fleet's prefix, as
+    /// listed at the last reconcile, with those the controller wrote or
+    /// deleted since. May still name one that its instance deleted itself
+    /// after the listing (see [`param_leftover`]).
     pub params: BTreeSet<String>,
     pub unavailable: Vec<Unavailable>,
     /// Launch ids and instance ids with an action under way: not repeated.
@@ -82,7 +85,8 @@ pub enum Action {
         labels: Vec<String>,
         runner_group_id: u64,
     },
-    /// Delete the instance's JIT parameter.
+    /// Delete the instance's JIT parameter: a leftover the listing still
+    /// shows (the instance's boot script deletes its own after reading it).
     DeleteParameter { instance_id: String },
     /// Deregister its runner (when known; a busy runner aborts the
     /// termination), delete its parameter, terminate the instance.
@@ -610,25 +614,18 @@ pub fn plan(config: &Config, obs: &Observed, now: Millis) -> Vec<Action> {
     }
     warm.retire(&mut terminating, &mut actions);
 
-    // Parameters: deleted once the runner is online or the instance is gone.
-    for &i in &ours {
-        if !i.param_present || terminating.contains(i.id.as_str()) || obs.in_flight.contains(&i.id)
-        {
-            continue;
-        }
-        if i.runner_online_at.is_some() || !i.alive() || i.job_done_at.is_some() {
-            actions.push(Action::DeleteParameter {
-                instance_id: i.id.clone(),
-            });
-        }
-    }
+    // Parameters. The boot script deletes its own as soon as it has read
+    // it, so in the normal path the controller deletes none: it deletes
+    // only a leftover that the listing still shows (see `param_leftover`).
+    // `Instance::param_present` is not consulted: it stays set when the
+    // instance deleted the parameter itself; the listing is the truth.
+    let param_grace = param_grace(config);
     for id in &obs.params {
-        let known_alive = obs
-            .instances
-            .get(id)
-            .is_some_and(|i| i.alive() && i.fleet == config.fleet);
-        let tracked = obs.instances.get(id).is_some_and(|i| i.param_present);
-        if !known_alive && !tracked && !obs.in_flight.contains(id) {
+        if terminating.contains(id.as_str()) || obs.in_flight.contains(id) {
+            continue; // a termination in this plan deletes it; or under way
+        }
+        let inst = obs.instances.get(id).filter(|i| i.fleet == config.fleet);
+        if param_leftover(inst, param_grace, now) {
             actions.push(Action::DeleteParameter {
                 instance_id: id.clone(),
             });
@@ -679,6 +676,44 @@ fn terminate(i: &Instance, runner: Option<&Runner>, reason: TerminateReason) -> 
         pool: i.pool.clone(),
         runner: runner.map(|r| (r.scope.clone(), r.id)),
         reason,
+    }
+}
+
+/// The least time, after its runner came online, that a parameter the
+/// listing still shows is left to the instance (whose boot script deletes
+/// it right after reading it, before the runner starts) before the
+/// controller deletes it; see [`param_grace`].
+pub const PARAM_LEFTOVER_MS: Millis = 2 * 60 * 1000;
+
+/// How long after its runner came online a listed parameter counts as a
+/// leftover: [`PARAM_LEFTOVER_MS`], or two `server.reconcile_interval`s if
+/// longer. The listing is refreshed once per reconcile, so a parameter the
+/// instance deleted may still be in the last listing for up to one
+/// interval; two make sure the parameter was listed after the runner came
+/// online (and give SSM's listing time to catch up with the delete).
+pub fn param_grace(config: &Config) -> Millis {
+    let interval = config.server.reconcile_interval.as_millis() as Millis;
+    PARAM_LEFTOVER_MS.max(interval.saturating_mul(2))
+}
+
+/// Whether a parameter that the listing shows (under the fleet's prefix)
+/// is a leftover for the controller to delete, given its instance (`None`:
+/// not known, or another fleet's). A leftover: its instance is unknown; or
+/// gone (its runner never came online, or did at least `grace` ago); or
+/// being terminated; or its runner has been online (or its job done) for
+/// `grace`: the instance's own delete failed. Not a leftover: an instance
+/// still booting reads it; a runner online for less than `grace` has most
+/// likely deleted it after the last listing.
+pub fn param_leftover(inst: Option<&Instance>, grace: Millis, now: Millis) -> bool {
+    let Some(i) = inst else {
+        return true;
+    };
+    if i.terminate_requested_at.is_some() {
+        return true;
+    }
+    match i.runner_online_at.or(i.job_done_at) {
+        Some(online) => now.saturating_sub(online) >= grace,
+        None => !i.alive(),
     }
 }
 

@@ -16,7 +16,10 @@
 //!    PowerShell string per line (Windows), so it cannot break the script;
 //! 5. polls SSM Parameter Store for the SecureString
 //!    `/runfleet/<fleet>/instances/<instance id>/jitconfig` every 2 s, for at
-//!    most `jit_poll_timeout_secs` from the start of the script;
+//!    most `jit_poll_timeout_secs` from the start of the script, and deletes
+//!    it as soon as it has read it (`ssm:DeleteParameter` on its own path;
+//!    a failed delete is logged, without the value, and does not stop the
+//!    runner: runfleet deletes a parameter left behind);
 //! 6. runs `run.sh --jitconfig` as the unprivileged user `runner` on Linux,
 //!    `run.cmd --jitconfig` as SYSTEM on Windows (starting a process as
 //!    another local user from EC2Launch needs a stored password; the machine
@@ -452,7 +455,15 @@ until JIT=$(aws ssm get-parameter --region "$REGION" --name "$PARAM" --with-decr
   fi
   sleep 2
 done
-log "runner config received; starting the runner as $RUNNER_USER"
+log "runner config received; deleting $PARAM"
+# The config works once and is in this shell now: it leaves SSM at once. If
+# the delete fails (the instance role lacks ssm:DeleteParameter, throttling)
+# the runner starts anyway and runfleet deletes the leftover.
+if ! aws ssm delete-parameter --region "$REGION" --name "$PARAM" \
+  >/dev/null 2>"$STATE_DIR/ssm.err"; then
+  log "warning: could not delete $PARAM (runfleet will): $(tail -n 1 "$STATE_DIR/ssm.err")"
+fi
+log "starting the runner as $RUNNER_USER"
 
 cd "$RUNNER_DIR"
 status=0
@@ -516,6 +527,25 @@ function Get-JitConfig {
         $script:SsmError = $_.Exception.Message
         return ''
     }
+}
+
+# Deletes the parameter once read. A failure is logged (never the value) and
+# does not stop the runner: runfleet deletes the leftover.
+function Remove-JitConfig {
+    $ErrorActionPreference = 'Continue'
+    if ($AwsCli) {
+        & $AwsCli ssm delete-parameter --region $Region --name $Param 2> $SsmErrFile | Out-Null
+        if ($LASTEXITCODE -eq 0) { return }
+        $reason = Get-Content -LiteralPath $SsmErrFile -ErrorAction SilentlyContinue | Select-Object -Last 1
+    } else {
+        try {
+            Remove-SSMParameter -Region $Region -Name $Param -Force -ErrorAction Stop | Out-Null
+            return
+        } catch {
+            $reason = $_.Exception.Message
+        }
+    }
+    Write-Log "warning: could not delete $Param (runfleet will): $reason"
 }
 
 function Stop-Instance {
@@ -598,7 +628,9 @@ const WINDOWS_RUN_RUNNER: &str = r##"
         Start-Sleep -Seconds 2
         $jit = Get-JitConfig
     }
-    Write-Log 'runner config received; starting the runner as SYSTEM'
+    Write-Log "runner config received; deleting $Param"
+    Remove-JitConfig
+    Write-Log 'starting the runner as SYSTEM'
 
     Set-Location -LiteralPath $RunnerDir
     $ErrorActionPreference = 'Continue'
@@ -937,6 +969,44 @@ mod tests {
                 "$jit = $null",
             ]
         );
+    }
+
+    /// Each script deletes its parameter once it has read it, before the
+    /// runner starts, and a failed delete does not stop it.
+    #[test]
+    fn the_parameter_is_deleted_after_reading_and_before_the_runner() {
+        let linux = render(&params()).unwrap();
+        let read = linux.find("until JIT=$(aws ssm get-parameter").unwrap();
+        let delete = linux
+            .find(r#"if ! aws ssm delete-parameter --region "$REGION" --name "$PARAM""#)
+            .expect("the Linux script deletes its parameter, guarded by if");
+        let runner = linux.find("./run.sh --jitconfig").unwrap();
+        assert!(read < delete && delete < runner);
+        assert_eq!(linux.matches("delete-parameter").count(), 1);
+
+        let windows = render(&UserDataParams {
+            os: Os::Windows,
+            ..params()
+        })
+        .unwrap();
+        let body = windows.find("$Param = \"/runfleet/").unwrap();
+        let read = body + windows[body..].find("$jit = Get-JitConfig").unwrap();
+        let delete = body + windows[body..].find("    Remove-JitConfig\n").unwrap();
+        let runner = windows.find("--jitconfig $jit").unwrap();
+        assert!(read < delete && delete < runner);
+        assert!(windows.contains("& $AwsCli ssm delete-parameter --region $Region --name $Param"));
+        assert!(
+            windows.contains(
+                "Remove-SSMParameter -Region $Region -Name $Param -Force -ErrorAction Stop"
+            )
+        );
+        // Remove-JitConfig catches its own failure: nothing from it reaches
+        // the outer catch (which powers off).
+        let f = windows.find("function Remove-JitConfig").unwrap();
+        let f = &windows[f..f + windows[f..].find("\n}\n").unwrap()];
+        assert!(f.contains("$ErrorActionPreference = 'Continue'"));
+        assert!(f.contains("} catch {") && !f.contains("throw"));
+        assert!(!f.contains("$jit"), "never the value");
     }
 
     #[test]

@@ -183,7 +183,15 @@ esac"#,
     ),
     (
         "aws",
-        r#"n=$(( $(cat "$RF_STUB/aws.count" 2>/dev/null || echo 0) + 1 ))
+        r#"delete="ssm delete-parameter --region eu-west-2 --name /runfleet/acme-ci/instances/i-0123456789abcdef0/jitconfig"
+if [[ "$*" == "$delete" ]]; then
+  if [[ ${RF_DELETE_EXIT:-0} != 0 ]]; then
+    echo "An error occurred (AccessDeniedException) when calling the DeleteParameter operation: not authorized to perform: ssm:DeleteParameter" >&2
+    exit "$RF_DELETE_EXIT"
+  fi
+  exit 0
+fi
+n=$(( $(cat "$RF_STUB/aws.count" 2>/dev/null || echo 0) + 1 ))
 echo "$n" >"$RF_STUB/aws.count"
 want="ssm get-parameter --region eu-west-2 --name /runfleet/acme-ci/instances/i-0123456789abcdef0/jitconfig --with-decryption --query Parameter.Value --output text"
 [[ "$*" == "$want" ]] || { echo "stub aws: unexpected $*" >&2; exit 252; }
@@ -283,6 +291,16 @@ impl Sandbox {
     }
 
     fn run(&self, script: &str, jit_after: u32, runner_exit: i32) -> Run {
+        self.run_with(script, jit_after, runner_exit, &[])
+    }
+
+    fn run_with(
+        &self,
+        script: &str,
+        jit_after: u32,
+        runner_exit: i32,
+        env: &[(&str, &str)],
+    ) -> Run {
         let path = self.dir.join("user-data.sh");
         fs::write(&path, script).unwrap();
         let output = Command::new("bash")
@@ -296,6 +314,7 @@ impl Sandbox {
             .env("RF_JIT", JIT)
             .env("RF_JIT_AFTER", jit_after.to_string())
             .env("RF_RUNNER_EXIT", runner_exit.to_string())
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .output()
             .unwrap();
@@ -382,15 +401,33 @@ fn boots_downloads_sets_up_runs_and_powers_off() {
     let setup_ran = run.position("setup-ran");
     let chown = run.position("chown -R runner: ");
     let first_poll = run.position("aws ssm get-parameter");
+    let delete = run.position("aws ssm delete-parameter");
     let runner = run.position("runuser ");
     assert!(shutdown_timer < token && sleeper < token);
     assert!(token < download && download < setup_ran && setup_ran < chown);
-    assert!(chown < first_poll && first_poll < runner);
+    assert!(chown < first_poll && first_poll < delete && delete < runner);
     assert_eq!(
-        run.calls.iter().filter(|c| c.starts_with("aws ")).count(),
+        run.calls
+            .iter()
+            .filter(|c| c.starts_with("aws ssm get-parameter"))
+            .count(),
         2,
         "polled until the parameter appeared"
     );
+    // Read, then deleted at once: before the runner starts, exactly once.
+    assert_eq!(delete, first_poll + 2, "{:#?}", run.calls);
+    assert_eq!(
+        run.calls[delete],
+        "aws ssm delete-parameter --region eu-west-2 --name /runfleet/acme-ci/instances/i-0123456789abcdef0/jitconfig"
+    );
+    assert_eq!(
+        run.calls
+            .iter()
+            .filter(|c| c.starts_with("aws ssm delete-parameter"))
+            .count(),
+        1
+    );
+    assert!(!run.log.contains("could not delete"), "{}", run.log);
     assert!(run.called("useradd --create-home --shell /bin/bash runner"));
     assert!(run.called("usermod -aG docker runner"));
 
@@ -431,6 +468,42 @@ fn runner_failure_still_powers_off() {
 }
 
 #[test]
+fn a_failed_delete_of_the_parameter_is_logged_and_the_runner_still_runs() {
+    let sb = Sandbox::new("delete-fails");
+    fs::create_dir_all(sb.runner_dir()).unwrap();
+    write_exec(&sb.runner_dir().join("run.sh"), "#!/bin/sh\nexit 0\n");
+    let script = render(&params()).unwrap();
+    let run = sb.run_with(
+        &sb.relocate(&script, 30),
+        1,
+        0,
+        &[("RF_DELETE_EXIT", "254")],
+    );
+    assert_eq!(run.status, Some(0), "{}", run.output);
+    let delete = run.position("aws ssm delete-parameter");
+    let runner = run.position("runuser ");
+    assert!(delete < runner);
+    assert_eq!(
+        run.calls[runner],
+        format!("runuser -u runner -- ./run.sh --jitconfig {JIT}")
+    );
+    assert!(
+        run.log.contains(
+            "warning: could not delete /runfleet/acme-ci/instances/i-0123456789abcdef0/jitconfig (runfleet will): An error occurred (AccessDeniedException)"
+        ),
+        "{}",
+        run.log
+    );
+    assert!(
+        !run.log.contains("command failed"),
+        "a failed delete is not an error: {}",
+        run.log
+    );
+    assert!(run.log.contains("runner exited with status 0"));
+    run.assert_powered_off_cleanly();
+}
+
+#[test]
 fn gives_up_on_a_missing_jit_config_and_powers_off() {
     let sb = Sandbox::new("jit-timeout");
     fs::create_dir_all(sb.runner_dir()).unwrap();
@@ -443,6 +516,7 @@ fn gives_up_on_a_missing_jit_config_and_powers_off() {
     let run = sb.run(&sb.relocate(&script, 30), u32::MAX, 0);
     assert_eq!(run.status, Some(1), "{}", run.output);
     assert!(run.called("aws ssm get-parameter"));
+    assert!(!run.called("aws ssm delete-parameter"), "nothing to delete");
     assert!(!run.called("runuser"));
     assert!(
         run.log.contains(

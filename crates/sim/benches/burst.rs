@@ -90,6 +90,10 @@ fn main() {
         by(&s.calls.aws_by_op)
     );
     println!(
+        "| JIT parameters deleted by their own instance, per job (not controller calls) | {:.2} |",
+        s.params_deleted_by_instances as f64 / jobs as f64
+    );
+    println!(
         "| EC2 throttling errors | {} |",
         s.faults_injected.ec2_throttled
     );

@@ -157,7 +157,8 @@ impl Default for SimOptions {
 impl SimOptions {
     /// What `runfleet demo --jobs N --seed S --faults P` runs (and so what
     /// a failing chaos seed's reproduction line replays): every fault class
-    /// at `faults`, spot interruptions included.
+    /// at `faults`, spot interruptions included, and instances failing to
+    /// delete their own JIT parameter (0.2 × `faults` of them).
     pub fn demo(jobs: usize, seed: u64, faults: f64) -> SimOptions {
         let mut o = SimOptions {
             jobs,
@@ -166,6 +167,9 @@ impl SimOptions {
             ..SimOptions::default()
         };
         o.world.spot_interruption_weight = 1.0;
+        // Instances whose own delete of their parameter fails: the
+        // controller must find and delete the leftovers.
+        o.world.self_delete_failure = (0.2 * faults).clamp(0.0, 1.0);
         o
     }
 }
@@ -224,6 +228,9 @@ pub struct Summary {
     pub instances_left: usize,
     pub runners_left: usize,
     pub parameters_left: usize,
+    /// JIT parameters their instance deleted itself after reading them
+    /// (not controller calls; the controller deletes only leftovers).
+    pub params_deleted_by_instances: u64,
     pub orphans: u64,
     pub duplicate_runs: usize,
     /// Jobs whose last attempt lost its runner mid-run (a job lost to a
@@ -646,6 +653,7 @@ pub async fn run_wrapped(
         instances_left: ours.iter().filter(|i| !i.state.is_gone()).count(),
         runners_left: w.runners_named("runfleet-"),
         parameters_left: w.params_under(&config.fleet),
+        params_deleted_by_instances: w.params_deleted_by_instances,
         orphans: w.violations.unrecorded_launches,
         duplicate_runs: w.jobs.values().filter(|j| j.runs > 1).count(),
         jobs_lost: w

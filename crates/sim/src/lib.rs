@@ -3,7 +3,9 @@
 //! **Owns**: the simulated world ([`world`]: jobs that queue and run, runners
 //! that register after boot and take any queued job whose labels fit, EC2
 //! instances with launch latency, boot time, per-offering capacity and
-//! request token buckets, SSM parameters), the engine's adapter traits over
+//! request token buckets, SSM parameters, which an instance deletes itself
+//! once it has read its own, unless `WorldConfig::self_delete_failure` makes
+//! that fail), the engine's adapter traits over
 //! it ([`adapters`]), and the driver that runs the real engine against it on
 //! a virtual clock and judges the invariants ([`driver`]). Faults (5xx, rate
 //! limits, throttling, capacity errors, lost / duplicated / delayed webhooks,

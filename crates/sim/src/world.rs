@@ -63,6 +63,13 @@ pub struct WorldConfig {
     /// GitHub hands a queued job to a runner no sooner than this after the
     /// runner came online (0: at once). Tests use it to hold an idle runner.
     pub assign_delay: Millis,
+    /// Probability that an instance's own delete of its JIT parameter
+    /// (the boot script's `aws ssm delete-parameter`, right after reading
+    /// it) fails, leaving it for the controller: 1.0 plays an instance role
+    /// without `ssm:DeleteParameter`. Not scaled by `faults` and never
+    /// healed; drawn from its own generator, and only when above 0, so runs
+    /// without it replay as before it existed.
+    pub self_delete_failure: f64,
 }
 
 impl Default for WorldConfig {
@@ -85,6 +92,7 @@ impl Default for WorldConfig {
             spot_interruption_weight: 0.0,
             ec2_events: false,
             assign_delay: 0,
+            self_delete_failure: 0.0,
         }
     }
 }
@@ -219,6 +227,8 @@ pub struct FaultCounts {
     pub slow_boots: u64,
     pub broken_instances: u64,
     pub controller_restarts: u64,
+    /// An instance could not delete its own JIT parameter after reading it.
+    pub self_delete_failures: u64,
 }
 
 /// API calls the controller made, by service.
@@ -276,9 +286,14 @@ pub struct World {
     pub events_sent: Vec<SimEvent>,
     /// Re-run requests GitHub accepted, by the job re-run.
     pub reruns: BTreeMap<u64, u32>,
+    /// JIT parameters their instance deleted after reading them (the boot
+    /// script's own call: not one of the controller's [`CallCounts`]).
+    pub params_deleted_by_instances: u64,
     /// Spot faults and event duplication draw from their own generator, so
     /// a world without them replays exactly as before they existed.
     event_rng: ChaCha8Rng,
+    /// The instances' own parameter deletes draw from this one.
+    self_delete_rng: ChaCha8Rng,
     next_event: u64,
     next_rerun_job: u64,
     events: BinaryHeap<Reverse<(Millis, u64, usize)>>,
@@ -293,6 +308,7 @@ impl World {
     pub fn new(cfg: WorldConfig) -> World {
         let rng = ChaCha8Rng::seed_from_u64(cfg.seed);
         let event_rng = ChaCha8Rng::seed_from_u64(cfg.seed ^ 0x5b07_c0de_5b07_c0de);
+        let self_delete_rng = ChaCha8Rng::seed_from_u64(cfg.seed ^ 0x0551_de1e_7e55_0000);
         World {
             launch_bucket: TokenBucket::new(cfg.launch_bucket.0, cfg.launch_bucket.1, 0),
             instance_bucket: TokenBucket::new(cfg.instance_bucket.0, cfg.instance_bucket.1, 0),
@@ -317,7 +333,9 @@ impl World {
             queue: Vec::new(),
             events_sent: Vec::new(),
             reruns: BTreeMap::new(),
+            params_deleted_by_instances: 0,
             event_rng,
+            self_delete_rng,
             next_event: 1,
             next_rerun_job: 9_000_000_000,
             events: BinaryHeap::new(),
@@ -588,7 +606,10 @@ impl World {
             }
             return;
         };
-        if inst.broken {
+        let broken = inst.broken;
+        // Read: the boot script deletes it before it starts the runner.
+        self.instance_deletes_param(&path);
+        if broken {
             return; // the runner never starts; the controller's boot timeout must act
         }
         let Some(rid) = self.runners.values().find(|r| r.jit == jit).map(|r| r.id) else {
@@ -606,6 +627,20 @@ impl World {
         }
         let delay = self.between(self.cfg.runner_start);
         self.schedule(self.now + delay, Event::RunnerOnline(rid));
+    }
+
+    /// The boot script's `aws ssm delete-parameter` of the parameter it just
+    /// read; it may fail ([`WorldConfig::self_delete_failure`]), and the
+    /// runner starts either way.
+    fn instance_deletes_param(&mut self, path: &str) {
+        let p = self.cfg.self_delete_failure;
+        if p > 0.0 && self.self_delete_rng.random_bool(p.clamp(0.0, 1.0)) {
+            self.faults.self_delete_failures += 1;
+            return;
+        }
+        if self.params.remove(path).is_some() {
+            self.params_deleted_by_instances += 1;
+        }
     }
 
     /// GitHub hands queued jobs to idle online runners whose labels and scope fit.

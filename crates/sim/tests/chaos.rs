@@ -1,7 +1,8 @@
 //! The chaos suite (issue 8): many seeds × many jobs with every fault class
 //! at once — GitHub 5xx and rate limits, EC2 throttling and 5xx, capacity
 //! errors, SSM errors, lost / duplicated / delayed / reordered webhooks,
-//! slow boots, instances whose runner never registers, controller restarts —
+//! slow boots, instances whose runner never registers, instances whose own
+//! delete of their SSM parameter fails, controller restarts —
 //! then the faults heal, and at the end of every run every invariant must
 //! hold: each job ran exactly once, nothing is left (instances, runners,
 //! SSM parameters), no launch call went out unrecorded, another fleet's
@@ -75,6 +76,7 @@ fn add(total: &mut FaultCounts, f: &FaultCounts) {
     total.broken_instances += f.broken_instances;
     total.controller_restarts += f.controller_restarts;
     total.spot_interruptions += f.spot_interruptions;
+    total.self_delete_failures += f.self_delete_failures;
 }
 
 /// Every fault class by name, with the driver's reordered webhooks.
@@ -94,6 +96,7 @@ fn classes(f: &FaultCounts, reordered: u64) -> Vec<(&'static str, u64)> {
         ("runner never registers", f.broken_instances),
         ("controller restarts", f.controller_restarts),
         ("spot interruptions", f.spot_interruptions),
+        ("param self-delete failed", f.self_delete_failures),
     ]
 }
 
