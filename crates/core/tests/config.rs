@@ -210,6 +210,8 @@ fn defaults_fill_everything_optional() {
     assert_eq!(c.server.completed_grace, Duration::from_secs(60));
     assert_eq!(c.server.boot_timeout, Duration::from_secs(600));
     assert_eq!(c.server.lease_ttl, Duration::from_secs(15));
+    assert_eq!(c.server.launch_batch_window, Duration::from_millis(25));
+    assert_eq!(c.server.launch_batch_max, 20);
     assert_eq!(c.github.api_url, "https://api.github.com");
     assert!(!c.github.poll);
     assert_eq!(c.aws.region, None);
@@ -454,6 +456,28 @@ fn integers_out_of_range_or_fractional() {
         "pool[1].warm",
         "pool[1].warm: expected an integer, found a float",
     );
+}
+
+#[test]
+fn launch_batching_keys() {
+    let text = edit(&[(
+        "boot_timeout = \"10m\"",
+        "launch_batch_window = \"0s\"\nlaunch_batch_max = 1",
+    )]);
+    let c = ok(&text);
+    assert_eq!(c.server.launch_batch_window, Duration::ZERO);
+    assert_eq!(c.server.launch_batch_max, 1);
+    let text = edit(&[("boot_timeout = \"10m\"", "launch_batch_max = 0")]);
+    assert_error(
+        &text,
+        "launch_batch_max",
+        "server.launch_batch_max",
+        "server.launch_batch_max: must be between 1 and 1000",
+    );
+    let text = edit(&[("boot_timeout = \"10m\"", "launch_batch_window = \"soon\"")]);
+    let e = err(&text);
+    assert_eq!(e.key(), Some("server.launch_batch_window"));
+    assert!(e.to_string().contains("invalid duration"), "{e}");
 }
 
 #[test]

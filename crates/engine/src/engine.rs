@@ -54,6 +54,11 @@ pub struct EngineOptions {
     /// Client-side pacing of instances launched (EC2's instance bucket:
     /// a call for more instances than it holds is refused whole).
     pub instance_bucket: (u32, f64),
+    /// Client-side pacing of runner configs written (SSM PutParameter's
+    /// default throughput, 40 per second): a batch of instances launched
+    /// at once is provisioned at the rate SSM takes, instead of minting
+    /// runners whose configs then cannot be written.
+    pub provision_bucket: (u32, f64),
     /// Plan/execute rounds per step at most.
     pub max_rounds: usize,
     /// List runners in every scope the config can use (each allowed
@@ -75,6 +80,7 @@ impl Default for EngineOptions {
             concurrency: 16,
             launch_bucket: (5, 2.0),
             instance_bucket: (1000, 2.0),
+            provision_bucket: (40, 40.0),
             max_rounds: 6,
             list_all_scopes: false,
             lease: None,
@@ -230,6 +236,7 @@ pub struct Engine {
     opts: EngineOptions,
     launch_bucket: TokenBucket,
     instance_bucket: TokenBucket,
+    provision_bucket: TokenBucket,
     /// When each pool's last launch call went out (batching window).
     last_launch_call: HashMap<String, Millis>,
     user_data: HashMap<String, Result<String, String>>,
@@ -281,6 +288,7 @@ impl Engine {
         let warm_user_data = render_all(true);
         let (cap, rate) = opts.launch_bucket;
         let (icap, irate) = opts.instance_bucket;
+        let (pcap, prate) = opts.provision_bucket;
         Ok(Engine {
             cfg,
             github,
@@ -295,6 +303,7 @@ impl Engine {
             },
             launch_bucket: TokenBucket::new(cap, rate, now),
             instance_bucket: TokenBucket::new(icap, irate, now),
+            provision_bucket: TokenBucket::new(pcap, prate, now),
             last_launch_call: HashMap::new(),
             opts,
             user_data,
@@ -757,6 +766,8 @@ impl Engine {
                     }
                 }
                 Action::Launch(lp) => launches.push(lp),
+                // Paced: planned again next step while SSM's rate is used up.
+                Action::ProvisionRunner { .. } if !self.provision_bucket.try_take(1, now) => {}
                 other => io.push(Io::Act(other)),
             }
         }
@@ -1314,7 +1325,17 @@ impl Engine {
         self.reconcile_instances(now, &mut muts).await;
         self.reconcile_runners(now, &mut muts).await;
         match self.cloud.list_jit(&self.cfg.fleet).await {
-            Ok(ids) => self.obs.params = ids.into_iter().collect(),
+            Ok(ids) => {
+                self.obs.params = ids.into_iter().collect();
+                // Instances delete their own parameter once read: what the
+                // listing no longer shows is gone, whoever deleted it.
+                for inst in self.obs.instances.values_mut() {
+                    if inst.param_present && !self.obs.params.contains(&inst.id) {
+                        inst.param_present = false;
+                        muts.push(Mutation::PutInstance(inst.clone()));
+                    }
+                }
+            }
             Err(e) => self.adapter_error("list_jit", &e),
         }
         self.housekeeping(now, &mut muts);

@@ -72,7 +72,7 @@ fn main() {
         let dir = std::env::temp_dir().join(format!("runfleet-intake-bench-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let store = runfleet_store::open(&format!("sqlite://{}/bench.db", dir.display())).await.unwrap();
-        let mut world = World::new(WorldConfig { launch_bucket: (1_000_000, 1_000_000.0), ssm_put_bucket: (1_000_000, 1_000_000.0), ..WorldConfig::default() });
+        let mut world = World::new(WorldConfig { launch_bucket: (1_000_000, 1_000_000.0), instance_bucket: (1_000_000, 1_000_000.0), ssm_put_bucket: (1_000_000, 1_000_000.0), ..WorldConfig::default() });
         world.now = now_ms();
         world.repos = vec!["acme/app".into()];
         let world = Arc::new(Mutex::new(world));
@@ -80,7 +80,7 @@ fn main() {
             inner: Arc::new(SimCloud(world.clone())),
             hook: Timed::default(),
         });
-        let opts = EngineOptions { launch_bucket: (1_000_000, 1_000_000.0), ..EngineOptions::default() };
+        let opts = EngineOptions { launch_bucket: (1_000_000, 1_000_000.0), instance_bucket: (1_000_000, 1_000_000.0), provision_bucket: (1_000_000, 1_000_000.0), ..EngineOptions::default() };
         let engine = Engine::new(Arc::new(cfg), Arc::new(SimGitHub(world.clone())), cloud.clone(), store, opts, now_ms()).await.unwrap();
         let running = runfleet_server::start(engine, "127.0.0.1:0").await.unwrap();
         let url = format!("http://{}/webhook", running.addr);

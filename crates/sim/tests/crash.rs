@@ -1,6 +1,7 @@
 //! Crash safety of the launch path (DESIGN invariant 1): the controller is
-//! killed around the cloud call and restarted from its store; the job still
-//! gets exactly one instance.
+//! killed around the cloud call and restarted from its store; each job still
+//! gets exactly one instance, whether its launch went out alone or in a
+//! batch with others (one call for several instances).
 
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
@@ -66,7 +67,7 @@ fn queued(job_id: u64) -> JobEvent {
     }
 }
 
-async fn crash_and_restart(fault: Fault) {
+async fn crash_and_restart(fault: Fault, jobs: u64) {
     let world = Arc::new(Mutex::new(World::new(WorldConfig::default())));
     world.lock().unwrap().repos = vec!["acme/app".into()];
     let store = Arc::new(MemStore::new());
@@ -79,9 +80,11 @@ async fn crash_and_restart(fault: Fault) {
             launches: AtomicU32::new(0),
         },
     });
-    Engine::intake(&*store, "d-1", &queued(7).into())
-        .await
-        .unwrap();
+    for j in 0..jobs {
+        Engine::intake(&*store, &format!("d-{j}"), &queued(7 + j).into())
+            .await
+            .unwrap();
+    }
 
     let mut first = Engine::new(
         cfg.clone(),
@@ -102,11 +105,22 @@ async fn crash_and_restart(fault: Fault) {
     }
     let snap = runfleet_engine::ports::Store::load(&*store).await.unwrap();
     assert_eq!(
-        snap.launches.len(),
-        1,
-        "the launch was recorded before the call"
+        snap.launches.len() as u64,
+        jobs,
+        "the launches were recorded before the call"
     );
-    let launch_id = snap.launches[0].id.clone();
+    // Sent together: one batch, recorded in every member before the call.
+    let batch = snap.launches[0]
+        .batch
+        .clone()
+        .expect("the batch is recorded");
+    assert_eq!(batch.size as u64, jobs);
+    assert!(
+        snap.launches
+            .iter()
+            .all(|l| l.batch.as_ref() == Some(&batch))
+    );
+    let launch_ids: Vec<String> = snap.launches.iter().map(|l| l.id.clone()).collect();
 
     // Restart (on the same store) and let it settle.
     let mut second = Engine::new(
@@ -129,28 +143,66 @@ async fn crash_and_restart(fault: Fault) {
         .values()
         .filter(|i| i.tag("runfleet:fleet") == Some("demo"))
         .collect();
-    assert_eq!(ours.len(), 1, "exactly one instance for the job");
-    assert_eq!(
-        ours[0].client_token, launch_id,
-        "launched with the recorded id as ClientToken"
+    assert_eq!(ours.len() as u64, jobs, "exactly one instance per job");
+    assert!(
+        ours.iter().all(|i| i.client_token == batch.id),
+        "launched with the recorded batch id as ClientToken"
     );
+    if jobs == 1 {
+        assert_eq!(
+            batch.id, launch_ids[0],
+            "a batch of one keeps the launch id"
+        );
+    }
     let launches = &second.observed().launches;
-    assert_eq!(launches.len(), 1, "no second launch: {launches:?}");
-    assert_eq!(launches[&launch_id].state, LaunchState::Launched);
-    assert!(second.observed().instances.contains_key(&ours[0].id));
+    assert_eq!(
+        launches.len() as u64,
+        jobs,
+        "no second launch: {launches:?}"
+    );
+    let mut bound: Vec<&str> = launch_ids
+        .iter()
+        .map(|id| {
+            let l = &launches[id];
+            assert_eq!(l.state, LaunchState::Launched, "{id}");
+            l.instance_id.as_deref().expect("bound to an instance")
+        })
+        .collect();
+    bound.sort();
+    let mut ids: Vec<&str> = ours.iter().map(|i| i.id.as_str()).collect();
+    ids.sort();
+    assert_eq!(bound, ids, "each instance bound to exactly one launch");
+    for id in ids {
+        assert!(second.observed().instances.contains_key(id));
+    }
 }
 
 #[tokio::test(start_paused = true)]
 async fn killed_before_the_cloud_call() {
-    crash_and_restart(Fault::DieBeforeCall).await;
+    crash_and_restart(Fault::DieBeforeCall, 1).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn killed_before_a_batch_call() {
+    crash_and_restart(Fault::DieBeforeCall, 5).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn killed_after_a_batch_call() {
+    crash_and_restart(Fault::DieAfterCall, 5).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn answer_to_a_batch_call_lost() {
+    crash_and_restart(Fault::LoseAnswer, 5).await;
 }
 
 #[tokio::test(start_paused = true)]
 async fn killed_after_the_cloud_call() {
-    crash_and_restart(Fault::DieAfterCall).await;
+    crash_and_restart(Fault::DieAfterCall, 1).await;
 }
 
 #[tokio::test(start_paused = true)]
 async fn answer_lost_on_the_way_back() {
-    crash_and_restart(Fault::LoseAnswer).await;
+    crash_and_restart(Fault::LoseAnswer, 1).await;
 }

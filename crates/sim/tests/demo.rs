@@ -43,7 +43,10 @@ fn two_hundred_jobs_no_faults_one_instance_each() {
     // Launches that come due together share a call (at most
     // launch_batch_max, 20, instances each); every instance one JIT config.
     let calls = s.calls.aws_by_op.get("CreateFleet").copied().unwrap_or(0);
-    assert!((10..200).contains(&calls), "{calls} launch calls for 200 jobs");
+    assert!(
+        (10..200).contains(&calls),
+        "{calls} launch calls for 200 jobs"
+    );
     assert_eq!(s.calls.github_by_op.get("generate_jitconfig"), Some(&200));
 }
 

@@ -231,12 +231,10 @@ fn when_no_instance_can_delete_its_parameter_the_controller_deletes_them_all() {
 /// The controller's record follows the listing: once a reconcile no longer
 /// lists an instance's parameter (its instance deleted it), the instance is
 /// no longer marked `param_present`, so housekeeping can drop its record an
-/// hour after it is gone. Needs the engine to clear `param_present` for
-/// what a successful `list_jit` does not show (in `Engine::reconcile`);
-/// until then every record of an instance that deleted its own parameter
-/// stays in the store for good.
+/// hour after it is gone (`Engine::reconcile` clears `param_present` for
+/// what a successful `list_jit` does not show; without that every record
+/// of an instance that deleted its own parameter would stay for good).
 #[tokio::test]
-#[ignore = "needs the engine change: reconcile clears param_present for parameters not listed"]
 async fn records_of_instances_that_deleted_their_parameter_are_dropped() {
     let world = Arc::new(Mutex::new(World::new(WorldConfig::default())));
     let config = Arc::new(demo_config());
