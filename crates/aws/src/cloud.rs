@@ -92,6 +92,10 @@ where
 /// How many successful launches are remembered by token.
 const LAUNCH_MEMO: usize = 10_000;
 
+/// Launch token -> the instances its call started, and the tokens in the
+/// order they were added (the oldest are forgotten first).
+type LaunchMemo = (HashMap<String, Vec<Launched>>, Vec<String>);
+
 /// The engine's [`Cloud`] on AWS. One value serves every pool, whatever
 /// account its role points at.
 pub struct AwsCloud {
@@ -103,7 +107,7 @@ pub struct AwsCloud {
     /// Which session an instance was seen in.
     owners: Mutex<HashMap<String, RoleKey>>,
     /// Launch token -> what it launched (a repeated call answers from here).
-    launched: Mutex<(HashMap<String, Vec<Launched>>, Vec<String>)>,
+    launched: Mutex<LaunchMemo>,
     /// Launch tokens whose last RunInstances has an unknown outcome.
     uncertain: Mutex<HashSet<String>>,
     /// The EC2 event queue (`aws.events_queue`), when there is one.

@@ -870,7 +870,7 @@ async fn terminate_never_touches_another_fleets_instance() {
         ))
         .await
         .unwrap()
-        .instance
+        .one()
         .unwrap()
         .instance_id;
     let theirs = s
@@ -884,7 +884,7 @@ async fn terminate_never_touches_another_fleets_instance() {
         ))
         .await
         .unwrap()
-        .instance
+        .one()
         .unwrap()
         .instance_id;
     // An instance with no runfleet tag at all, launched by someone else.
@@ -998,7 +998,7 @@ async fn terminate_batches_and_list_paginates() {
             ))
             .await
             .unwrap()
-            .instance
+            .one()
             .unwrap();
         ids.push(l.instance_id);
     }

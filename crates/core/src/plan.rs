@@ -1163,6 +1163,7 @@ mod warm_schedule_tests {
                 instance_id: Some(id.clone()),
                 error: None,
                 not_before: 0,
+                batch: None,
             },
         );
         obs.instances.insert(
@@ -1281,6 +1282,7 @@ mod warm_schedule_tests {
                         instance_id: None,
                         error: None,
                         not_before: 0,
+                        batch: None,
                     },
                 );
                 obs.in_flight.insert(l.id.clone());

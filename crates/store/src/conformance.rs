@@ -388,12 +388,13 @@ pub fn arb_launch(
             option::of(arb_text()),
             option::of((arb_error_kind(), arb_text())),
             arb_u64(),
+            option::of((arb_text(), 1u32..1000)),
         ),
     )
         .prop_map(
             |(
                 (id, pool, scope, job_id, unique_label, name),
-                (state, requested_at, instance_id, error, not_before),
+                (state, requested_at, instance_id, error, not_before, batch),
             )| Launch {
                 id,
                 pool,
@@ -406,6 +407,7 @@ pub fn arb_launch(
                 instance_id,
                 error,
                 not_before,
+                batch: batch.map(|(id, size)| runfleet_core::model::LaunchBatch { id, size }),
             },
         )
 }
