@@ -5,7 +5,8 @@
 //! changes) into durable state (an event is acknowledged to its feed only
 //! once its effect is stored), running the planner over that state,
 //! executing its actions through the adapter traits with bounded
-//! concurrency, and reconciling the state with what GitHub and the cloud
+//! concurrency (launches of a pool batched into one call, paced by EC2's
+//! request and instance buckets), and reconciling the state with what GitHub and the cloud
 //! report; with several replicas on one store, acting only while holding
 //! the leadership lease.
 //!
@@ -19,7 +20,8 @@
 //!
 //! **Public boundary**: [`ports`] (the traits adapters implement),
 //! [`Engine`] (`new`, `intake`, `step` (which also pulls cloud events),
-//! `reconcile`, `reload`; `plan`, `execute_actions`, `observe_run`,
+//! `reconcile`, `reload`, `next_due` (when a launch waiting for its batch
+//! or a bucket comes due); `plan`, `execute_actions`, `observe_run`,
 //! `take_last_error` and `give_up_launch` for a caller that acts on one run
 //! only), [`memstore::MemStore`], [`driver`], and [`lease`] (several
 //! replicas on one store: only the lease holder acts, its writes fenced by
