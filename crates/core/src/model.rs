@@ -522,6 +522,38 @@ impl Instance {
 }
 
 impl Instance {
+    /// A newly tracked instance: nothing known of it beyond these (no
+    /// launch, scope, runner or offering yet).
+    pub fn new(
+        id: impl Into<String>,
+        fleet: impl Into<String>,
+        pool: impl Into<String>,
+        state: InstanceState,
+        launched_at: Millis,
+    ) -> Self {
+        Instance {
+            id: id.into(),
+            fleet: fleet.into(),
+            pool: pool.into(),
+            state,
+            launched_at,
+            launch_id: None,
+            scope: None,
+            unique_label: None,
+            market: None,
+            offering: None,
+            interruption: None,
+            jit_written: false,
+            param_present: false,
+            runner_online_at: None,
+            busy: false,
+            job_done_at: None,
+            terminate_requested_at: None,
+            terminate_reason: None,
+            assigned: None,
+        }
+    }
+
     pub fn runner_name(&self) -> String {
         runner_name(&self.pool, &self.id)
     }

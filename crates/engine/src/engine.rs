@@ -1248,26 +1248,19 @@ impl Engine {
         l.instance_id = Some(inst.instance_id.clone());
         *self.stats.launched.entry(pool.clone()).or_default() += 1;
         let instance = Instance {
-            id: inst.instance_id.clone(),
-            fleet: self.cfg.fleet.clone(),
-            pool: pool.clone(),
-            state: InstanceState::Pending,
-            launched_at: inst.launched_at,
             launch_id: Some(l.id.clone()),
             // A warm instance has no scope until it is given a job.
             scope: (!l.is_warm()).then(|| l.scope.clone()),
             unique_label: l.unique_label.clone(),
             market: Some(inst.offering.market),
             offering: Some(inst.offering.clone()),
-            interruption: None,
-            jit_written: false,
-            param_present: false,
-            runner_online_at: None,
-            busy: false,
-            job_done_at: None,
-            terminate_requested_at: None,
-            terminate_reason: None,
-            assigned: None,
+            ..Instance::new(
+                &inst.instance_id,
+                &self.cfg.fleet,
+                &pool,
+                InstanceState::Pending,
+                inst.launched_at,
+            )
         };
         info!(job_id = l.job_id, pool = %pool, instance_id = %instance.id, offering = %inst.offering, launch_id = %l.id, "instance launched");
         muts.push(timeline(
@@ -1406,25 +1399,17 @@ impl Engine {
                         warn!(instance_id = %ci.id, "instance of this fleet unknown to the store");
                     }
                     let inst = Instance {
-                        id: ci.id.clone(),
-                        fleet: fleet.clone(),
-                        pool: ci.tag(TAG_POOL).unwrap_or("").to_string(),
-                        state: ci.state,
-                        launched_at: ci.launched_at,
                         launch_id,
                         scope,
                         unique_label,
                         market: ci.market,
-                        offering: None,
-                        interruption: None,
-                        jit_written: false,
-                        param_present: false,
-                        runner_online_at: None,
-                        busy: false,
-                        job_done_at: None,
-                        terminate_requested_at: None,
-                        terminate_reason: None,
-                        assigned: None,
+                        ..Instance::new(
+                            &ci.id,
+                            &fleet,
+                            ci.tag(TAG_POOL).unwrap_or(""),
+                            ci.state,
+                            ci.launched_at,
+                        )
                     };
                     muts.push(Mutation::PutInstance(inst.clone()));
                     self.obs.instances.insert(inst.id.clone(), inst);
