@@ -195,23 +195,51 @@ async fn launch_sets_tags_user_data_spot_and_shutdown_behaviour() {
     assert_eq!(listed[0].launched_at, l.launched_at);
 }
 
+/// A batch is one RunInstances for `count` instances: `MinCount` 1 and
+/// `MaxCount` the count, so EC2 starts as many as the offering has room
+/// for (what it cannot hold is asked of the next offering). moto starts
+/// `MinCount` instances whatever `MaxCount` says, so here it answers like
+/// an EC2 offering with room for one: the rest walks on.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_batch_launches_several_instances_in_one_call() {
+async fn a_batch_asks_for_every_instance_and_walks_on_with_the_rest() {
     let Some(s) = setup("batch").await else {
         return;
     };
-    let subnet = s.world.subnets[0].clone();
+    let (a, b) = (s.world.subnets[0].clone(), s.world.subnets[1].clone());
     let mut req = request(
         "acme-ci",
         "linux-x64",
         "acme-ci-j7-1-x3",
         &s.world,
-        vec![offering("m5.large", &subnet, CapacityMarket::OnDemand)],
+        vec![
+            offering("m5.large", &a, CapacityMarket::OnDemand),
+            offering("m5.large", &b, CapacityMarket::OnDemand),
+            offering("m6i.large", &a, CapacityMarket::OnDemand),
+        ],
     );
     req.count = 3;
     let out = s.cloud.launch(&req).await.expect("launch");
     assert!(out.errors.is_empty(), "{:?}", out.errors);
+    let bodies = s.proxy.bodies("ec2:RunInstances");
+    assert!(!bodies.is_empty());
+    assert!(bodies[0].contains("MaxCount=3"), "{}", bodies[0]);
+    assert!(bodies[0].contains("MinCount=1"), "{}", bodies[0]);
+    // Each offering is asked only for what is still missing, with a token
+    // of its own, until the batch is complete.
+    let mut asked = 3;
+    for body in &bodies {
+        assert!(body.contains(&format!("MaxCount={asked}")), "{body}");
+        assert!(body.contains("ClientToken=acme-ci-j7-1-x3-"), "{body}");
+        asked -= 1;
+    }
     assert_eq!(out.instances.len(), 3, "{:?}", out.instances);
+    assert_eq!(
+        bodies.len(),
+        3,
+        "one call per offering, each with room for one"
+    );
+    let offerings: Vec<&Offering> = out.instances.iter().map(|l| &l.offering).collect();
+    assert_eq!(offerings, req.offerings.iter().collect::<Vec<_>>());
     let mut ids: Vec<String> = out
         .instances
         .iter()
@@ -220,14 +248,6 @@ async fn a_batch_launches_several_instances_in_one_call() {
     ids.sort();
     ids.dedup();
     assert_eq!(ids.len(), 3, "three distinct instances");
-    assert_eq!(
-        s.proxy.count("ec2:RunInstances"),
-        1,
-        "one call for the batch"
-    );
-    let body = &s.proxy.bodies("ec2:RunInstances")[0];
-    assert!(body.contains("MaxCount=3"), "{body}");
-    assert!(body.contains("MinCount=1"), "{body}");
     // Every instance carries the batch's launch tag, so a listing finds them all.
     let listed = s.cloud.list_instances("acme-ci").await.unwrap();
     let tagged = listed
@@ -244,7 +264,7 @@ async fn a_batch_launches_several_instances_in_one_call() {
         .collect();
     again_ids.sort();
     assert_eq!(again_ids, ids);
-    assert_eq!(s.proxy.count("ec2:RunInstances"), 1);
+    assert_eq!(s.proxy.count("ec2:RunInstances"), 3);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
