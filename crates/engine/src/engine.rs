@@ -114,6 +114,37 @@ pub struct Stats {
     /// cloud events received, by outcome: `applied`, `unchanged` (a
     /// repeat, or nothing to do), `foreign` (an instance the state does not hold)
     pub cloud_events: BTreeMap<String, u64>,
+    /// the same events by kind (`spot_warning`, `rebalance`,
+    /// `state_change`) -> outcome -> count
+    pub cloud_event_kinds: BTreeMap<String, BTreeMap<String, u64>>,
+    /// pool -> launch calls sent to the cloud (a call sent again after an
+    /// answer that may not have come counts again)
+    pub launch_calls: BTreeMap<String, u64>,
+    /// pool -> instances those launch calls asked for
+    pub launch_call_instances: BTreeMap<String, u64>,
+}
+
+impl Stats {
+    /// Counts one cloud event received, by its kind and `outcome`.
+    fn cloud_event(&mut self, kind: &crate::ports::CloudEventKind, outcome: &str) {
+        use crate::ports::CloudEventKind as K;
+        let kind = match kind {
+            K::SpotInterruption { .. } => "spot_warning",
+            K::RebalanceRecommendation => "rebalance",
+            K::StateChange(_) => "state_change",
+        };
+        *self.cloud_events.entry(outcome.to_string()).or_default() += 1;
+        bump(&mut self.cloud_event_kinds, kind, outcome);
+    }
+
+    /// Counts one launch call of `pool` sent for `instances` instances.
+    fn launch_call(&mut self, pool: &str, instances: u32) {
+        *self.launch_calls.entry(pool.to_string()).or_default() += 1;
+        *self
+            .launch_call_instances
+            .entry(pool.to_string())
+            .or_default() += u64::from(instances);
+    }
 }
 
 fn bump(map: &mut BTreeMap<String, BTreeMap<String, u64>>, a: &str, b: &str) {
@@ -777,6 +808,11 @@ impl Engine {
         // Invariant: launches are durable before any cloud call.
         if !pre.is_empty() {
             self.store.apply(&pre).await?;
+        }
+        for a in &io {
+            if let Io::Launch(call) = a {
+                self.stats.launch_call(&call.plan.pool, call.batch.size);
+            }
         }
         let outcomes: Vec<Outcome> = {
             let this = &*self;

@@ -22,13 +22,14 @@ type Labels = Vec<(String, String)>;
 /// Job outcomes counted in `runfleet_jobs_total`.
 pub const JOB_OUTCOMES: [&str; 4] = ["started", "completed", "ignored", "failed"];
 /// Termination reasons counted in `runfleet_terminations_total`.
-pub const TERMINATE_REASONS: [&str; 6] = [
+pub const TERMINATE_REASONS: [&str; 7] = [
     "completed",
     "boot_timeout",
     "max_lifetime",
     "orphan",
     "idle",
     "pool_removed",
+    "interrupted",
 ];
 /// AWS operations that exist from start in `runfleet_aws_requests_total`.
 pub const AWS_OPERATIONS: [&str; 7] = [
@@ -56,6 +57,34 @@ pub const API_OUTCOMES: [(&str, &[&str]); 2] = [
     ),
     ("runs", &["ok", "unauthorized", "not_found", "unavailable"]),
 ];
+/// Calls through the engine's ports whose failures are counted in
+/// `runfleet_adapter_errors_total` (the engine's names for them).
+pub const ADAPTER_OPERATIONS: [&str; 15] = [
+    "launch",
+    "provision",
+    "terminate",
+    "delete_parameter",
+    "delete_runner",
+    "list_instances",
+    "list_runners",
+    "list_jit",
+    "list_repos",
+    "list_queued_jobs",
+    "get_job",
+    "list_running_jobs",
+    "rerun_job",
+    "poll_events",
+    "ack_events",
+];
+/// Interruption notices in `runfleet_interruptions_total`, and what the
+/// runner was doing when one came.
+pub const INTERRUPTION_NOTICES: [&str; 2] = ["spot_warning", "rebalance"];
+pub const RUNNER_ACTIVITY: [&str; 2] = ["busy", "idle"];
+/// Outcomes of re-run requests in `runfleet_reruns_total`.
+pub const RERUN_OUTCOMES: [&str; 2] = ["requested", "refused"];
+/// Kinds and outcomes of cloud events in `runfleet_cloud_events_total`.
+pub const CLOUD_EVENT_KINDS: [&str; 3] = ["spot_warning", "rebalance", "state_change"];
+pub const CLOUD_EVENT_OUTCOMES: [&str; 3] = ["applied", "unchanged", "foreign"];
 const ERROR_KINDS: [ErrorKind; 7] = [
     ErrorKind::Capacity,
     ErrorKind::Throttled,
@@ -86,6 +115,16 @@ pub struct Metrics {
     webhooks: Family<Labels, Counter>,
     queued_jobs: Family<Labels, Gauge>,
     api_requests: Family<Labels, Counter>,
+    launched: Family<Labels, Counter>,
+    launch_calls: Family<Labels, Counter>,
+    launch_call_instances: Family<Labels, Counter>,
+    warm_target: Family<Labels, Gauge>,
+    interruptions: Family<Labels, Counter>,
+    reruns: Family<Labels, Counter>,
+    cloud_events: Family<Labels, Counter>,
+    adapter_errors: Family<Labels, Counter>,
+    steps: Counter,
+    reconciles: Counter,
     /// Totals already added to counters, by series, for cumulative sources.
     seen: Mutex<HashMap<String, u64>>,
 }
@@ -107,6 +146,16 @@ impl Metrics {
         let webhooks = Family::<Labels, Counter>::default();
         let queued_jobs = Family::<Labels, Gauge>::default();
         let api_requests = Family::<Labels, Counter>::default();
+        let launched = Family::<Labels, Counter>::default();
+        let launch_calls = Family::<Labels, Counter>::default();
+        let launch_call_instances = Family::<Labels, Counter>::default();
+        let warm_target = Family::<Labels, Gauge>::default();
+        let interruptions = Family::<Labels, Counter>::default();
+        let reruns = Family::<Labels, Counter>::default();
+        let cloud_events = Family::<Labels, Counter>::default();
+        let adapter_errors = Family::<Labels, Counter>::default();
+        let steps = Counter::default();
+        let reconciles = Counter::default();
         registry.register(
             "runfleet_api_requests",
             "Requests to the on-demand API, by route and outcome",
@@ -163,6 +212,56 @@ impl Metrics {
             "Jobs waiting for a runner, by pool",
             queued_jobs.clone(),
         );
+        registry.register(
+            "runfleet_instances_launched",
+            "Instances launched, by pool",
+            launched.clone(),
+        );
+        registry.register(
+            "runfleet_launch_calls",
+            "Launch calls sent to the cloud, by pool; one call may ask for several instances",
+            launch_calls.clone(),
+        );
+        registry.register(
+            "runfleet_launch_batch_instances",
+            "Instances asked for by launch calls, by pool",
+            launch_call_instances.clone(),
+        );
+        registry.register(
+            "runfleet_warm_target",
+            "Warm instances each pool is meant to keep waiting now, from warm and warm_schedule",
+            warm_target.clone(),
+        );
+        registry.register(
+            "runfleet_interruptions",
+            "Spot interruption warnings and rebalance recommendations received, by pool, notice and whether the runner was busy",
+            interruptions.clone(),
+        );
+        registry.register(
+            "runfleet_reruns",
+            "Re-runs of jobs lost to a spot interruption, by pool and outcome",
+            reruns.clone(),
+        );
+        registry.register(
+            "runfleet_cloud_events",
+            "EC2 events received from the event feed, by kind and outcome",
+            cloud_events.clone(),
+        );
+        registry.register(
+            "runfleet_adapter_errors",
+            "Failed calls to GitHub, AWS or the event feed, by operation and error kind",
+            adapter_errors.clone(),
+        );
+        registry.register(
+            "runfleet_engine_steps",
+            "Engine steps: plan and execute rounds after intake or a timer",
+            steps.clone(),
+        );
+        registry.register(
+            "runfleet_reconciles",
+            "Reconciles of the state with GitHub and the cloud",
+            reconciles.clone(),
+        );
         for p in &cfg.pools {
             for o in JOB_OUTCOMES {
                 let _ = jobs.get_or_create(&labels(&[("pool", &p.name), ("outcome", o)]));
@@ -175,6 +274,34 @@ impl Metrics {
                     .get_or_create(&labels(&[("pool", &p.name), ("kind", k.as_str())]));
             }
             let _ = queued_jobs.get_or_create(&labels(&[("pool", &p.name)]));
+            let pool = labels(&[("pool", &p.name)]);
+            let _ = launched.get_or_create(&pool);
+            let _ = launch_calls.get_or_create(&pool);
+            let _ = launch_call_instances.get_or_create(&pool);
+            let _ = warm_target.get_or_create(&pool);
+            for n in INTERRUPTION_NOTICES {
+                for r in RUNNER_ACTIVITY {
+                    let _ = interruptions.get_or_create(&labels(&[
+                        ("pool", &p.name),
+                        ("notice", n),
+                        ("runner", r),
+                    ]));
+                }
+            }
+            for o in RERUN_OUTCOMES {
+                let _ = reruns.get_or_create(&labels(&[("pool", &p.name), ("outcome", o)]));
+            }
+        }
+        for k in CLOUD_EVENT_KINDS {
+            for o in CLOUD_EVENT_OUTCOMES {
+                let _ = cloud_events.get_or_create(&labels(&[("kind", k), ("outcome", o)]));
+            }
+        }
+        for op in ADAPTER_OPERATIONS {
+            for k in ERROR_KINDS {
+                let _ = adapter_errors
+                    .get_or_create(&labels(&[("operation", op), ("kind", k.as_str())]));
+            }
         }
         for r in TERMINATE_REASONS {
             let _ = terminations.get_or_create(&labels(&[("reason", r)]));
@@ -198,6 +325,16 @@ impl Metrics {
             webhooks,
             queued_jobs,
             api_requests,
+            launched,
+            launch_calls,
+            launch_call_instances,
+            warm_target,
+            interruptions,
+            reruns,
+            cloud_events,
+            adapter_errors,
+            steps,
+            reconciles,
             seen: Mutex::new(HashMap::new()),
         }
     }
@@ -261,6 +398,64 @@ impl Metrics {
                 &self.terminations.get_or_create(&l),
             );
         }
+        for (pool, n) in &stats.launched {
+            let c = self.launched.get_or_create(&labels(&[("pool", pool)]));
+            self.advance(format!("launched|{pool}"), *n, &c);
+        }
+        for (pool, n) in &stats.launch_calls {
+            let c = self.launch_calls.get_or_create(&labels(&[("pool", pool)]));
+            self.advance(format!("launch_calls|{pool}"), *n, &c);
+        }
+        for (pool, n) in &stats.launch_call_instances {
+            let c = self
+                .launch_call_instances
+                .get_or_create(&labels(&[("pool", pool)]));
+            self.advance(format!("launch_call_instances|{pool}"), *n, &c);
+        }
+        for (pool, seen) in &stats.interruptions {
+            for (what, n) in seen {
+                // `spot_warning_busy`: the notice, then what the runner did.
+                let (notice, runner) = what.rsplit_once('_').unwrap_or((what, "unknown"));
+                let l = labels(&[("pool", pool), ("notice", notice), ("runner", runner)]);
+                self.advance(
+                    format!("interruptions|{pool}|{what}"),
+                    *n,
+                    &self.interruptions.get_or_create(&l),
+                );
+            }
+        }
+        for (pool, outcomes) in &stats.reruns {
+            for (outcome, n) in outcomes {
+                let l = labels(&[("pool", pool), ("outcome", outcome)]);
+                self.advance(
+                    format!("reruns|{pool}|{outcome}"),
+                    *n,
+                    &self.reruns.get_or_create(&l),
+                );
+            }
+        }
+        for (kind, outcomes) in &stats.cloud_event_kinds {
+            for (outcome, n) in outcomes {
+                let l = labels(&[("kind", kind), ("outcome", outcome)]);
+                self.advance(
+                    format!("cloud_events|{kind}|{outcome}"),
+                    *n,
+                    &self.cloud_events.get_or_create(&l),
+                );
+            }
+        }
+        for (key, n) in &stats.adapter_errors {
+            // `list_runners:throttled`: the operation, then the error kind.
+            let (op, kind) = key.split_once(':').unwrap_or((key, "unknown"));
+            let l = labels(&[("operation", op), ("kind", kind)]);
+            self.advance(
+                format!("adapter_errors|{key}"),
+                *n,
+                &self.adapter_errors.get_or_create(&l),
+            );
+        }
+        self.advance("steps".into(), stats.steps, &self.steps);
+        self.advance("reconciles".into(), stats.reconciles, &self.reconciles);
         let gh = engine.github().request_counts();
         let total: u64 = gh.iter().map(|(_, n)| n).sum();
         self.advance("github".into(), total, &self.github_requests);
@@ -285,6 +480,9 @@ impl Metrics {
             self.queued_jobs
                 .get_or_create(&labels(&[("pool", &p.name)]))
                 .set(p.queued as i64);
+            self.warm_target
+                .get_or_create(&labels(&[("pool", &p.name)]))
+                .set(i64::from(p.warm_target));
         }
     }
 

@@ -66,7 +66,12 @@ pub fn render(v: &View, timeline: &[TimelineEvent], now: Millis) -> String {
 
     h.push_str("<h2>Pools</h2><table id=pools><tr><th>pool</th><th>capacity</th><th>queued</th>");
     for s in crate::view::INSTANCE_STATES {
-        let _ = write!(h, "<th>{s}</th>");
+        if s == "warm" {
+            // Waiting warm instances next to the target they are kept at now.
+            h.push_str("<th>warm/target</th>");
+        } else {
+            let _ = write!(h, "<th>{s}</th>");
+        }
     }
     h.push_str("</tr>");
     for p in &v.pools {
@@ -84,7 +89,12 @@ pub fn render(v: &View, timeline: &[TimelineEvent], now: Millis) -> String {
             p.queued
         );
         for s in crate::view::INSTANCE_STATES {
-            let _ = write!(h, "<td>{}</td>", p.instances.get(s).copied().unwrap_or(0));
+            let n = p.instances.get(s).copied().unwrap_or(0);
+            if s == "warm" {
+                let _ = write!(h, "<td class=warm>{n}/{}</td>", p.warm_target);
+            } else {
+                let _ = write!(h, "<td>{n}</td>");
+            }
         }
         h.push_str("</tr>");
     }
@@ -191,6 +201,28 @@ mod tests {
         assert_eq!(age(5_000, 0), "5s");
         assert_eq!(age(3_660_000, 0), "1h01m");
         assert_eq!(age(0, 5_000), "0s");
+    }
+
+    #[test]
+    fn a_pool_shows_its_waiting_warm_instances_next_to_its_warm_target() {
+        let mut pool = crate::view::PoolView {
+            name: "linux-x64".into(),
+            max_runners: 10,
+            warm_target: 3,
+            ..Default::default()
+        };
+        pool.instances.insert("warm".into(), 2);
+        pool.instances.insert("busy".into(), 4);
+        let v = View {
+            fleet: "f".into(),
+            pools: vec![pool],
+            ..View::default()
+        };
+        let html = render(&v, &[], 0);
+        assert!(html.contains("<th>warm/target</th>"), "{html}");
+        assert!(html.contains("<td class=warm>2/3</td>"), "{html}");
+        // The warm instances count against max_runners like the others.
+        assert!(html.contains("6/10"), "{html}");
     }
 
     #[test]

@@ -4,12 +4,20 @@
 use std::collections::BTreeMap;
 
 use runfleet_core::model::{InstanceState, JobState, LaunchState, Millis, Scope};
+use runfleet_core::plan::{Observed, is_waiting_warm};
 use runfleet_core::runs::{RunStatus, run_status};
 use runfleet_engine::{Engine, Health};
 use serde::Serialize;
 
 /// Instance states as the status page and metrics name them.
-pub const INSTANCE_STATES: [&str; 5] = ["launching", "booting", "idle", "busy", "terminating"];
+pub const INSTANCE_STATES: [&str; 6] = [
+    "launching",
+    "booting",
+    "warm",
+    "idle",
+    "busy",
+    "terminating",
+];
 
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct PoolView {
@@ -18,6 +26,9 @@ pub struct PoolView {
     pub queued: usize,
     /// state (one of [`INSTANCE_STATES`]) -> count
     pub instances: BTreeMap<String, usize>,
+    /// Warm instances the pool is meant to keep waiting at the view's
+    /// time: its `warm`, or the `warm` of the `warm_schedule` window open then.
+    pub warm_target: u32,
 }
 
 impl PoolView {
@@ -96,6 +107,7 @@ impl View {
                 max_runners: p.max_runners,
                 queued: 0,
                 instances: INSTANCE_STATES.iter().map(|s| (s.to_string(), 0)).collect(),
+                warm_target: p.warm_at(now),
             })
             .collect();
         let mut bump = |pool: &str, state: &str| {
@@ -116,7 +128,7 @@ impl View {
             .values()
             .filter(|i| i.fleet == cfg.fleet && i.alive())
         {
-            let state = instance_state(i);
+            let state = instance_state(obs, i);
             bump(&i.pool, state);
             instances.push(InstanceView {
                 id: i.id.clone(),
@@ -204,8 +216,9 @@ impl View {
 }
 
 /// `launching` (no instance yet) is counted from launches; an instance is
-/// `terminating`, `busy`, `idle` (runner online, no job) or `booting`.
-pub fn instance_state(i: &runfleet_core::model::Instance) -> &'static str {
+/// `terminating`, `busy`, `idle` (runner online, no job), `warm` (a warm
+/// instance waiting for a job, no runner yet) or `booting`.
+pub fn instance_state(obs: &Observed, i: &runfleet_core::model::Instance) -> &'static str {
     if i.terminate_requested_at.is_some()
         || i.job_done_at.is_some()
         || i.state == InstanceState::Stopping
@@ -215,6 +228,8 @@ pub fn instance_state(i: &runfleet_core::model::Instance) -> &'static str {
         "busy"
     } else if i.runner_online_at.is_some() {
         "idle"
+    } else if is_waiting_warm(obs, i) {
+        "warm"
     } else {
         "booting"
     }

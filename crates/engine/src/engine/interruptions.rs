@@ -126,7 +126,7 @@ impl Engine {
             .get_mut(&ev.instance_id)
             .filter(|i| i.fleet == fleet)
         else {
-            *self.stats.cloud_events.entry("foreign".into()).or_default() += 1;
+            self.stats.cloud_event(&ev.kind, "foreign");
             return false;
         };
         let kind = match &ev.kind {
@@ -145,19 +145,15 @@ impl Engine {
                     ));
                 }
                 let outcome = if changed { "applied" } else { "unchanged" };
-                *self.stats.cloud_events.entry(outcome.into()).or_default() += 1;
+                self.stats.cloud_event(&ev.kind, outcome);
                 return changed;
             }
         };
         if !inst.alive() || !inst.note_interruption(kind, ev.at) {
-            *self
-                .stats
-                .cloud_events
-                .entry("unchanged".into())
-                .or_default() += 1;
+            self.stats.cloud_event(&ev.kind, "unchanged");
             return false;
         }
-        *self.stats.cloud_events.entry("applied".into()).or_default() += 1;
+        self.stats.cloud_event(&ev.kind, "applied");
         let inst = inst.clone();
         let name = runner_name(&inst.pool, &inst.id);
         let busy = inst.busy || self.obs.runners.iter().any(|r| r.name == name && r.busy);
