@@ -2,8 +2,10 @@
 //! 202 latency at a fixed delivery rate, and the time from a queued webhook
 //! to the launch call reaching the (simulated) cloud.
 //!
-//! `cargo bench -p runfleet-server --bench intake [-- RATE SECONDS]`
-//! (defaults: 500 deliveries/s for 4 s). Prints a table.
+//! `cargo bench -p runfleet-server --bench intake [-- RATE SECONDS [WINDOW_MS]]`
+//! (defaults: 500 deliveries/s for 4 s, the default launch batching window
+//! `server.launch_batch_window`, 25 ms). Prints a table. Run it with
+//! `WINDOW_MS` 0 in the same conditions to see what batching costs a job.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -11,35 +13,40 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use runfleet_engine::driver::now_ms;
-use runfleet_engine::ports::{Cloud, LaunchOutcome, LaunchRequest, PortResult};
+use runfleet_engine::ports::{Cloud, LaunchOutcome, LaunchRequest, PortResult, Store as _};
 use runfleet_engine::{Engine, EngineOptions};
 use runfleet_sim::adapters::{LaunchHook, OnLaunch, SimCloud, SimGitHub};
 use runfleet_sim::world::{World, WorldConfig};
 
-/// Notes when each launch call arrives at the simulated cloud (by job id).
+/// Notes when each launch call first arrives at the simulated cloud, by
+/// its token (a batch id: one call for several launches), and for how many
+/// instances.
 #[derive(Default)]
 struct Timed {
-    calls: Mutex<HashMap<u64, Instant>>,
+    calls: Mutex<HashMap<String, (Instant, u32)>>,
 }
 
 #[async_trait]
 impl OnLaunch for Timed {
     async fn launch(&self, inner: &dyn Cloud, req: &LaunchRequest) -> PortResult<LaunchOutcome> {
-        // Launch ids are `<fleet>-j<job>-<n>`.
-        if let Some(job) = req
-            .client_token
-            .split("-j")
-            .nth(1)
-            .and_then(|r| r.split('-').next())
-            .and_then(|j| j.parse().ok())
-        {
-            self.calls
-                .lock()
-                .unwrap()
-                .entry(job)
-                .or_insert_with(Instant::now);
-        }
+        self.calls
+            .lock()
+            .unwrap()
+            .entry(req.client_token.clone())
+            .or_insert_with(|| (Instant::now(), req.count));
         inner.launch(req).await
+    }
+}
+
+impl Timed {
+    /// Instances asked for so far.
+    fn asked(&self) -> u64 {
+        self.calls
+            .lock()
+            .unwrap()
+            .values()
+            .map(|(_, n)| u64::from(*n))
+            .sum()
     }
 }
 
@@ -59,19 +66,26 @@ fn main() {
         .collect();
     let rate: u64 = args.first().and_then(|a| a.parse().ok()).unwrap_or(500);
     let seconds: u64 = args.get(1).and_then(|a| a.parse().ok()).unwrap_or(4);
+    let window = args
+        .get(2)
+        .and_then(|a| a.parse().ok())
+        .map(Duration::from_millis)
+        .unwrap_or(runfleet_core::config::DEFAULT_LAUNCH_BATCH_WINDOW);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .unwrap();
     rt.block_on(async move {
         let mut cfg = runfleet_sim::demo_config();
+        cfg.server.launch_batch_window = window;
         // Room for every job: this measures runfleet, not the pool cap or EC2's bucket.
         for p in &mut cfg.pools {
             p.max_runners = 100_000;
         }
         let dir = std::env::temp_dir().join(format!("runfleet-intake-bench-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
-        let store = runfleet_store::open(&format!("sqlite://{}/bench.db", dir.display())).await.unwrap();
+        let store_url = format!("sqlite://{}/bench.db", dir.display());
+        let store = runfleet_store::open(&store_url).await.unwrap();
         let mut world = World::new(WorldConfig { launch_bucket: (1_000_000, 1_000_000.0), instance_bucket: (1_000_000, 1_000_000.0), ssm_put_bucket: (1_000_000, 1_000_000.0), ..WorldConfig::default() });
         world.now = now_ms();
         world.repos = vec!["acme/app".into()];
@@ -122,17 +136,25 @@ fn main() {
         }
         let elapsed = start.elapsed().as_secs_f64();
         let deadline = Instant::now() + Duration::from_secs(60);
-        while cloud.hook.calls.lock().unwrap().len() < total as usize && Instant::now() < deadline {
+        while cloud.hook.asked() < total && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         let calls = cloud.hook.calls.lock().unwrap().clone();
-        let mut to_launch: Vec<f64> = sent_at
-            .iter()
-            .filter_map(|(job, sent)| calls.get(job).map(|c| c.duration_since(*sent).as_secs_f64() * 1000.0))
-            .collect();
         running.stop().await;
+        // Which call each job's launch went out in: its batch, from the store.
+        let snap = runfleet_store::open(&store_url).await.unwrap().load().await.unwrap();
+        let mut to_launch: Vec<f64> = snap
+            .launches
+            .iter()
+            .filter_map(|l| {
+                let sent = sent_at.get(&l.job_id?)?;
+                let (at, _) = calls.get(&l.batch.as_ref()?.id)?;
+                Some(at.duration_since(*sent).as_secs_f64() * 1000.0)
+            })
+            .collect();
+        let launched = to_launch.len();
         let _ = std::fs::remove_dir_all(&dir);
-        println!("| measure (rate {rate}/s, {total} deliveries, SQLite) | p50 | p99 | max |");
+        println!("| measure (rate {rate}/s, {total} deliveries, SQLite, launch_batch_window {window:?}) | p50 | p99 | max |");
         println!("|---|---|---|---|");
         let row = |name: &str, xs: &mut Vec<f64>| {
             let (p50, p99) = (pct(xs, 0.5), pct(xs, 0.99));
@@ -141,6 +163,10 @@ fn main() {
         };
         row("webhook -> 202", &mut acks);
         row("webhook -> launch call", &mut to_launch);
-        println!("achieved rate: {:.0} deliveries/s; launches seen: {} of {total}", total as f64 / elapsed, calls.len());
+        println!(
+            "achieved rate: {:.0} deliveries/s; launches seen: {launched} of {total}, in {} calls",
+            total as f64 / elapsed,
+            calls.len()
+        );
     });
 }
