@@ -90,7 +90,14 @@ impl Engine {
             calls.push(LaunchCall { batch, plan: lp });
         }
         let window = self.cfg.server.launch_batch_window.as_millis() as Millis;
-        let max = self.cfg.server.launch_batch_max.max(1) as usize;
+        // Never more than the instance bucket can ever hold, or the batch
+        // would wait for it forever.
+        let max = (self
+            .cfg
+            .server
+            .launch_batch_max
+            .min(self.opts.instance_bucket.0))
+        .max(1) as usize;
         for group in groups {
             let max = if group[0].unique_label.is_some() {
                 1
@@ -100,8 +107,10 @@ impl Engine {
             let pool = group[0].pool.clone();
             let mut rest = group;
             // A call for this pool went out less than a window ago: gather
-            // more until the window closes (unless a full call is due).
-            if let Some(&last) = self.last_launch_call.get(&pool)
+            // more until the window closes (unless a full call is due; a
+            // launch that always goes alone never waits for company).
+            if max > 1
+                && let Some(&last) = self.last_launch_call.get(&pool)
                 && now < last + window
                 && rest.len() < max
             {
