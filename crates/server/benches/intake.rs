@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use runfleet_engine::driver::now_ms;
-use runfleet_engine::ports::{Cloud, LaunchOutcome, LaunchRequest, PortResult, Store as _};
+use runfleet_engine::ports::{Cloud, LaunchOutcome, LaunchRequest, PortResult};
 use runfleet_engine::{Engine, EngineOptions};
 use runfleet_sim::adapters::{LaunchHook, OnLaunch, SimCloud, SimGitHub};
 use runfleet_sim::world::{World, WorldConfig};
