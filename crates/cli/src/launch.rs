@@ -88,6 +88,7 @@ fn validate(cfg: &Config, args: &LaunchArgs) -> Result<Duration> {
 fn concerns(a: &Action, launch_id: &str, instance_id: Option<&str>) -> bool {
     match a {
         Action::Launch(lp) => lp.id == launch_id,
+        Action::CancelLaunch { id, .. } => id == launch_id,
         Action::ProvisionRunner { instance_id: i, .. }
         | Action::DeleteParameter { instance_id: i }
         | Action::Terminate { instance_id: i, .. } => Some(i.as_str()) == instance_id,

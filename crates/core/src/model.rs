@@ -298,6 +298,8 @@ pub enum LaunchState {
     Launched,
     /// The cloud answered with an error for every offering.
     Failed,
+    /// Dropped before it was sent: no queued job needed it any more.
+    Cancelled,
 }
 
 /// One request for one instance, recorded before the cloud call. Launches

@@ -102,6 +102,14 @@ pub enum Action {
         runner_id: u64,
         name: String,
     },
+    /// Drop a launch that was recorded but never sent and that no queued
+    /// job needs any more (see [`unneeded_launches`]): no cloud call.
+    CancelLaunch {
+        id: String,
+        pool: String,
+        job_id: Option<u64>,
+        reason: String,
+    },
     /// Mark a job ignored or failed, with a reason.
     MarkJob {
         job_id: u64,
@@ -355,11 +363,34 @@ pub fn plan(config: &Config, obs: &Observed, now: Millis) -> Vec<Action> {
     // Supply: runners coming or idle, by (pool, scope); instances alive by pool.
     let mut supply: HashMap<Key, u32> = HashMap::default();
     let mut alive: HashMap<&str, u32> = HashMap::default();
+    for i in alive_ours() {
+        *alive.entry(i.pool.as_str()).or_default() += 1;
+        if let Some(scope) = &i.scope
+            && let Some(&idx) = pool_index.get(i.pool.as_str())
+            && i.terminate_requested_at.is_none()
+            && !i.busy
+            && i.job_done_at.is_none()
+            && i.unique_label.is_none()
+            && i.interruption.is_none()
+        {
+            *supply.entry(key_of_scope(idx, scope)).or_default() += 1;
+        }
+    }
+    let cancelled = unneeded_launches(obs, &pool_index, &demand, &supply);
     for l in obs
         .launches
         .values()
         .filter(|l| l.state == LaunchState::Requested)
     {
+        if let Some(reason) = cancelled.get(l.id.as_str()) {
+            actions.push(Action::CancelLaunch {
+                id: l.id.clone(),
+                pool: l.pool.clone(),
+                job_id: l.job_id,
+                reason: reason.to_string(),
+            });
+            continue;
+        }
         *alive.entry(l.pool.as_str()).or_default() += 1;
         let Some(&idx) = pool_index.get(l.pool.as_str()) else {
             continue;
@@ -382,26 +413,13 @@ pub fn plan(config: &Config, obs: &Observed, now: Millis) -> Vec<Action> {
             }));
         }
     }
-    for i in alive_ours() {
-        *alive.entry(i.pool.as_str()).or_default() += 1;
-        if let Some(scope) = &i.scope
-            && let Some(&idx) = pool_index.get(i.pool.as_str())
-            && i.terminate_requested_at.is_none()
-            && !i.busy
-            && i.job_done_at.is_none()
-            && i.unique_label.is_none()
-            && i.interruption.is_none()
-        {
-            *supply.entry(key_of_scope(idx, scope)).or_default() += 1;
-        }
-    }
 
     // Which jobs have a runner of their own coming: supply covers those
     // first, so a new launch is made (and named) for a job that has none.
     let mut own: FxHashSet<u64> = obs
         .launches
         .values()
-        .filter(|l| l.state == LaunchState::Requested)
+        .filter(|l| l.state == LaunchState::Requested && !cancelled.contains_key(l.id.as_str()))
         .filter_map(|l| l.job_id)
         .collect();
     for i in alive_ours() {
@@ -1112,6 +1130,72 @@ impl<'a> Warm<'a> {
             }
         }
     }
+}
+
+/// Launches recorded for jobs but not sent yet (waiting for the batching
+/// window or EC2's buckets) that no queued job needs any more: their
+/// (pool, scope) already has as many runners coming or idle as it has
+/// queued jobs, because a job was taken by a runner launched for another
+/// (GitHub gives a job to any idle runner with its labels), or was
+/// cancelled, or an idle runner is free. Cancelling one costs nothing; left
+/// alone it would launch an instance that boots, idles and is terminated.
+/// Launches whose own job no longer waits go first, then the newest.
+/// Never a launch that may have been sent, one under way, a warm launch or
+/// an on-demand run's. Returns launch id -> reason.
+fn unneeded_launches<'a>(
+    obs: &'a Observed,
+    pool_index: &HashMap<&str, usize>,
+    demand: &HashMap<Key, Vec<&Job>>,
+    instance_supply: &HashMap<Key, u32>,
+) -> HashMap<&'a str, &'static str> {
+    let mut by_key: HashMap<Key, (u32, Vec<&Launch>)> = HashMap::default();
+    for l in obs
+        .launches
+        .values()
+        .filter(|l| l.state == LaunchState::Requested && !l.is_warm())
+    {
+        let Some(&idx) = pool_index.get(l.pool.as_str()) else {
+            continue;
+        };
+        let entry = by_key.entry(key_of_scope(idx, &l.scope)).or_default();
+        entry.0 += 1;
+        if l.batch.is_none()
+            && l.job_id.is_some()
+            && l.unique_label.is_none()
+            && !obs.in_flight.contains(&l.id)
+        {
+            entry.1.push(l);
+        }
+    }
+    let mut out = HashMap::default();
+    for (key, (launches, mut unsent)) in by_key {
+        let want = demand.get(&key).map_or(0, Vec::len) as u32;
+        let have = launches + instance_supply.get(&key).copied().unwrap_or(0);
+        let excess = have.saturating_sub(want) as usize;
+        if excess == 0 || unsent.is_empty() {
+            continue;
+        }
+        let waiting = |l: &Launch| {
+            l.job_id
+                .and_then(|j| obs.jobs.get(&j))
+                .is_some_and(|j| j.state == JobState::Queued)
+        };
+        unsent.sort_by_key(|l| {
+            (
+                waiting(l),
+                std::cmp::Reverse((l.requested_at, l.id.as_str())),
+            )
+        });
+        for l in unsent.into_iter().take(excess) {
+            let reason = if waiting(l) {
+                "not needed: its pool already has a runner coming or idle for every queued job"
+            } else {
+                "not needed: its job no longer waits (taken by another runner, or cancelled)"
+            };
+            out.insert(l.id.as_str(), reason);
+        }
+    }
+    out
 }
 
 /// A warm launch of this pool failed less than a backoff ago: wait before

@@ -91,6 +91,11 @@ pub fn run_status(obs: &Observed, id: &str) -> Option<RunStatus> {
                 |(kind, msg)| format!("launch failed ({}): {msg}", kind.as_str()),
             )),
         ),
+        // The planner never cancels an on-demand run's launch.
+        LaunchState::Cancelled => (
+            RunState::Failed,
+            Some("the launch was cancelled".to_string()),
+        ),
         LaunchState::Launched => match instance {
             // Launched, then forgotten: long gone.
             None => (RunState::Done, None),

@@ -117,24 +117,34 @@ fn instance() -> impl Strategy<Value = Instance> {
 }
 
 fn launch() -> impl Strategy<Value = Launch> {
-    (0u32..200, 0usize..3, 0usize..3, any::<bool>()).prop_map(|(n, p, r, requested)| Launch {
-        id: format!("ours-j{n}-1"),
-        pool: POOLS[p].into(),
-        scope: Scope::Repo(REPOS[r].into()),
-        job_id: Some(n as u64),
-        unique_label: None,
-        name: None,
-        state: if requested {
-            LaunchState::Requested
-        } else {
-            LaunchState::Launched
-        },
-        requested_at: 0,
-        instance_id: None,
-        error: None,
-        not_before: 0,
-        batch: None,
-    })
+    (
+        0u32..200,
+        0usize..3,
+        0usize..3,
+        any::<bool>(),
+        any::<bool>(),
+    )
+        .prop_map(|(n, p, r, requested, sent)| Launch {
+            id: format!("ours-j{n}-1"),
+            pool: POOLS[p].into(),
+            scope: Scope::Repo(REPOS[r].into()),
+            job_id: Some(n as u64),
+            unique_label: None,
+            name: None,
+            state: if requested {
+                LaunchState::Requested
+            } else {
+                LaunchState::Launched
+            },
+            requested_at: 0,
+            instance_id: None,
+            error: None,
+            not_before: 0,
+            batch: sent.then(|| LaunchBatch {
+                id: format!("ours-j{n}-1"),
+                size: 1,
+            }),
+        })
 }
 
 prop_compose! {
@@ -142,6 +152,7 @@ prop_compose! {
         jobs in prop::collection::vec(job(), 0..120),
         instances in prop::collection::vec(instance(), 0..120),
         launches in prop::collection::vec(launch(), 0..30),
+        in_flight in prop::collection::vec(0u32..200, 0..10),
         busy_runners in prop::collection::vec((0u32..500, any::<bool>()), 0..60),
         max in [1u32..20, 1u32..20, 1u32..5],
         org in any::<bool>(),
@@ -151,6 +162,7 @@ prop_compose! {
             jobs: jobs.into_iter().map(|j| (j.id, j)).collect(),
             instances: instances.into_iter().map(|i| (i.id.clone(), i)).collect(),
             launches: launches.into_iter().map(|l| (l.id.clone(), l)).collect(),
+            in_flight: in_flight.into_iter().map(|n| format!("ours-j{n}-1")).collect(),
             ..Observed::default()
         };
         let names: Vec<(String, String)> = obs.instances.values().map(|i| (i.id.clone(), i.runner_name())).collect();
@@ -179,8 +191,11 @@ proptest! {
         }
         let before = count.clone();
         for a in &actions {
-            if let Action::Launch(lp) = a && !lp.resume {
-                *count.entry(lp.pool.as_str()).or_default() += 1;
+            match a {
+                Action::Launch(lp) if !lp.resume => *count.entry(lp.pool.as_str()).or_default() += 1,
+                // Dropped before it was sent: it will never be an instance.
+                Action::CancelLaunch { pool, .. } => *count.get_mut(pool.as_str()).unwrap() -= 1,
+                _ => {}
             }
         }
         for p in &cfg.pools {
@@ -213,6 +228,37 @@ proptest! {
             };
             if let Some(id) = touched && let Some(i) = obs.instances.get(&id) {
                 prop_assert_eq!(&i.fleet, &cfg.fleet, "{:?} touches another fleet's instance", a);
+            }
+        }
+    }
+
+    #[test]
+    fn drops_only_unsent_launches_that_nothing_needs((cfg, obs, now) in world()) {
+        // A cancelled launch was recorded for a job, never sent and is not
+        // under way; a plan that cancels one in a (pool, scope) neither
+        // launches anew nor resumes it there (no churn).
+        let actions = plan(&cfg, &obs, now);
+        let mut cancelled_keys = Vec::new();
+        for a in &actions {
+            if let Action::CancelLaunch { id, pool, .. } = a {
+                let l = &obs.launches[id];
+                prop_assert_eq!(l.state, LaunchState::Requested);
+                prop_assert!(l.batch.is_none(), "cancels {} which may have been sent", id);
+                prop_assert!(!obs.in_flight.contains(id), "cancels {} under way", id);
+                prop_assert!(l.job_id.is_some() && l.unique_label.is_none());
+                prop_assert_eq!(&l.pool, pool);
+                cancelled_keys.push((l.pool.clone(), l.scope.clone(), id.clone()));
+            }
+        }
+        for a in &actions {
+            if let Action::Launch(lp) = a {
+                for (pool, scope, id) in &cancelled_keys {
+                    prop_assert!(&lp.id != id, "cancels and resumes {}", id);
+                    prop_assert!(
+                        lp.resume || !(lp.pool == *pool && lp.scope == *scope),
+                        "cancels {} and launches {} in the same pool and scope", id, lp.id
+                    );
+                }
             }
         }
     }

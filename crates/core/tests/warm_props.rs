@@ -245,6 +245,10 @@ impl Model {
                     self.obs.jobs.get_mut(&job_id).unwrap().state = state;
                 }
                 Action::DeleteRunner { .. } | Action::RerunJob { .. } => {}
+                Action::CancelLaunch { id, .. } => {
+                    // This model launches at once: nothing waits to be sent.
+                    prop_assert!(false, "cancelled {id}, which was never waiting");
+                }
             }
         }
         for (pool, at, id) in &cut {

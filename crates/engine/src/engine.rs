@@ -122,6 +122,9 @@ pub struct Stats {
     pub launch_calls: BTreeMap<String, u64>,
     /// pool -> instances those launch calls asked for
     pub launch_call_instances: BTreeMap<String, u64>,
+    /// pool -> launches dropped before they were sent because no queued
+    /// job needed them any more
+    pub launches_cancelled: BTreeMap<String, u64>,
 }
 
 impl Stats {
@@ -786,6 +789,33 @@ impl Engine {
                         progressed += 1;
                     }
                 }
+                Action::CancelLaunch {
+                    id,
+                    pool,
+                    job_id,
+                    reason,
+                } => {
+                    if let Some(l) = self.obs.launches.get_mut(&id)
+                        && l.state == LaunchState::Requested
+                        && l.batch.is_none()
+                    {
+                        l.state = LaunchState::Cancelled;
+                        *self
+                            .stats
+                            .launches_cancelled
+                            .entry(pool.clone())
+                            .or_default() += 1;
+                        info!(launch = %id, %pool, ?job_id, %reason, "launch cancelled");
+                        pre.push(Mutation::PutLaunch(l.clone()));
+                        pre.push(timeline(
+                            now,
+                            job_id,
+                            None,
+                            format!("launch {id} cancelled before it was sent: {reason}"),
+                        ));
+                        progressed += 1;
+                    }
+                }
                 Action::AssignWarm {
                     instance_id,
                     scope,
@@ -982,7 +1012,10 @@ impl Engine {
                 let result = self.github.rerun_job(&repo, job_id).await;
                 Outcome::Rerun { job_id, result }
             }
-            Action::MarkJob { .. } | Action::AssignWarm { .. } | Action::Launch(_) => {
+            Action::MarkJob { .. }
+            | Action::AssignWarm { .. }
+            | Action::CancelLaunch { .. }
+            | Action::Launch(_) => {
                 unreachable!("applied before I/O")
             }
         }

@@ -118,6 +118,7 @@ pub struct Metrics {
     launched: Family<Labels, Counter>,
     launch_calls: Family<Labels, Counter>,
     launch_call_instances: Family<Labels, Counter>,
+    launches_cancelled: Family<Labels, Counter>,
     warm_target: Family<Labels, Gauge>,
     interruptions: Family<Labels, Counter>,
     reruns: Family<Labels, Counter>,
@@ -149,6 +150,7 @@ impl Metrics {
         let launched = Family::<Labels, Counter>::default();
         let launch_calls = Family::<Labels, Counter>::default();
         let launch_call_instances = Family::<Labels, Counter>::default();
+        let launches_cancelled = Family::<Labels, Counter>::default();
         let warm_target = Family::<Labels, Gauge>::default();
         let interruptions = Family::<Labels, Counter>::default();
         let reruns = Family::<Labels, Counter>::default();
@@ -228,6 +230,11 @@ impl Metrics {
             launch_call_instances.clone(),
         );
         registry.register(
+            "runfleet_launches_cancelled",
+            "Launches dropped before they were sent because no queued job needed them any more (a job taken by another runner, or cancelled), by pool",
+            launches_cancelled.clone(),
+        );
+        registry.register(
             "runfleet_warm_target",
             "Warm instances each pool is meant to keep waiting now, from warm and warm_schedule",
             warm_target.clone(),
@@ -278,6 +285,7 @@ impl Metrics {
             let _ = launched.get_or_create(&pool);
             let _ = launch_calls.get_or_create(&pool);
             let _ = launch_call_instances.get_or_create(&pool);
+            let _ = launches_cancelled.get_or_create(&pool);
             let _ = warm_target.get_or_create(&pool);
             for n in INTERRUPTION_NOTICES {
                 for r in RUNNER_ACTIVITY {
@@ -328,6 +336,7 @@ impl Metrics {
             launched,
             launch_calls,
             launch_call_instances,
+            launches_cancelled,
             warm_target,
             interruptions,
             reruns,
@@ -411,6 +420,12 @@ impl Metrics {
                 .launch_call_instances
                 .get_or_create(&labels(&[("pool", pool)]));
             self.advance(format!("launch_call_instances|{pool}"), *n, &c);
+        }
+        for (pool, n) in &stats.launches_cancelled {
+            let c = self
+                .launches_cancelled
+                .get_or_create(&labels(&[("pool", pool)]));
+            self.advance(format!("launches_cancelled|{pool}"), *n, &c);
         }
         for (pool, seen) in &stats.interruptions {
             for (what, n) in seen {

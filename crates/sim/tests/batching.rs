@@ -10,6 +10,7 @@ use std::time::Duration;
 use runfleet_core::config::Config;
 use runfleet_core::model::{JobEvent, JobStatus, LaunchState, Millis};
 use runfleet_engine::memstore::MemStore;
+use runfleet_engine::ports::Store;
 use runfleet_engine::{Engine, EngineOptions};
 use runfleet_sim::adapters::{SimCloud, SimGitHub};
 use runfleet_sim::demo_config;
@@ -187,4 +188,49 @@ async fn launch_batch_max_one_sends_every_launch_alone() {
             .as_ref()
             .is_some_and(|b| b.id == l.id && b.size == 1)
     }));
+}
+
+#[tokio::test]
+async fn a_held_launch_whose_job_no_longer_waits_is_dropped_unsent() {
+    let mut r = rig(config(Duration::from_millis(200), 20)).await;
+    r.job(1).await;
+    r.step(0).await;
+    assert_eq!(r.calls(), 1);
+    // Jobs 2 and 3 come within the window and are held; job 3's workflow
+    // is then cancelled while it waits.
+    r.job(2).await;
+    r.job(3).await;
+    r.step(50).await;
+    assert_eq!(r.calls(), 1, "held while the window is open");
+    let mut cancelled = queued(3);
+    cancelled.status = JobStatus::Completed;
+    cancelled.conclusion = Some("cancelled".into());
+    cancelled.at = 60;
+    Engine::intake(&*r.store, "d-3-completed", &cancelled.into())
+        .await
+        .unwrap();
+    r.step(60).await;
+    r.step(200).await;
+    assert_eq!(r.calls(), 2);
+    assert_eq!(r.call_sizes(), vec![1, 1], "job 2's launch went alone");
+    let o = r.engine.observed();
+    let state = |job: u64| {
+        o.launches
+            .values()
+            .find(|l| l.job_id == Some(job))
+            .map(|l| l.state)
+    };
+    assert_eq!(state(2), Some(LaunchState::Launched));
+    assert_eq!(state(3), Some(LaunchState::Cancelled));
+    assert_eq!(
+        r.engine.stats().launches_cancelled.get("linux-x64"),
+        Some(&1)
+    );
+    // Durable: the store holds the cancellation, so a restart does not send it.
+    let snap = r.store.load().await.unwrap();
+    assert!(
+        snap.launches
+            .iter()
+            .any(|l| l.job_id == Some(3) && l.state == LaunchState::Cancelled)
+    );
 }

@@ -372,6 +372,7 @@ pub fn arb_launch(
         LaunchState::Requested,
         LaunchState::Launched,
         LaunchState::Failed,
+        LaunchState::Cancelled,
     ]);
     (
         (
