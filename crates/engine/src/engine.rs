@@ -43,6 +43,19 @@ const VANISHED_AFTER_MS: Millis = 2 * 60 * 1000;
 const RECHECK_AFTER_MS: Millis = 30 * 1000;
 /// At most this many single-job lookups per reconcile.
 const MAX_JOB_LOOKUPS: usize = 50;
+/// With webhooks, a reconcile lists the jobs of at most this many active
+/// runs that the state knows no job of (a run whose webhooks were lost);
+/// the rest wait for the next reconcile.
+const NEW_RUN_LISTINGS: usize = 100;
+/// With webhooks, a reconcile lists again the jobs of at most this many
+/// runs it already knows, listed longest ago first and none listed less
+/// than [`RELIST_RUN_AFTER_MS`] ago: the safety net for a lost webhook of
+/// a job in a known run, at a cost that does not grow with the burst
+/// (listing every active run's jobs every reconcile costs one request per
+/// run: 2,000 queued runs would spend a token's 5,000 requests an hour in
+/// a minute and a half, and then nothing, not even a runner, gets made).
+const KNOWN_RUN_LISTINGS: usize = 10;
+const RELIST_RUN_AFTER_MS: Millis = 5 * 60 * 1000;
 
 /// Tunables of the executor.
 #[derive(Debug, Clone)]
@@ -279,6 +292,11 @@ pub struct Engine {
     /// whenever one comes) instead of `boot_timeout`.
     warm_user_data: HashMap<String, Result<String, String>>,
     repos: Option<(Millis, Vec<String>)>,
+    /// Active workflow run -> when the reconcile last listed its jobs.
+    run_listed_at: HashMap<u64, Millis>,
+    /// Waiting job -> when the reconcile last looked it up because a
+    /// runner launched for it took a job (see `own_runner_took_a_job`).
+    job_checked_at: HashMap<u64, Millis>,
     last_error: Option<(String, PortError)>,
     /// No cloud event poll before this (see `interruptions`).
     events_next_poll: Millis,
@@ -343,6 +361,8 @@ impl Engine {
             user_data,
             warm_user_data,
             repos: None,
+            run_listed_at: HashMap::default(),
+            job_checked_at: HashMap::default(),
             last_error: None,
             events_next_poll: 0,
         })
@@ -1615,48 +1635,127 @@ impl Engine {
         repos
     }
 
+    /// Finds what webhooks did not tell. For each allowed repository: its
+    /// active (queued or in-progress) runs, then the jobs of some of them:
+    /// when polling (`github.poll`), every active run, every reconcile;
+    /// with webhooks, runs the state knows no job of (at most
+    /// [`NEW_RUN_LISTINGS`]) and a few known runs not listed for a while
+    /// (at most [`KNOWN_RUN_LISTINGS`]). Queued jobs found are taken in,
+    /// and so are known jobs whose status moved on. A job the state has as
+    /// waiting whose run is no longer active, or as running on a runner
+    /// that is gone, is looked up alone (at most [`MAX_JOB_LOOKUPS`]).
     async fn reconcile_jobs(&mut self, now: Millis) -> PortResult<()> {
         let repos = self.allowed_repos(now).await;
-        let mut queued_seen = HashSet::new();
-        let mut listed_repos = HashSet::new();
+        let poll = self.cfg.github.poll;
+        // Runs the state knows a job of.
+        let known: HashSet<u64> = self.obs.jobs.values().map(|j| j.run_id).collect();
+        let mut active: HashMap<String, HashSet<u64>> = HashMap::new();
+        let mut to_list: Vec<(String, u64)> = Vec::new();
+        let mut relist: Vec<(Millis, String, u64)> = Vec::new();
         for repo in &repos {
-            match self.github.list_queued_jobs(repo).await {
-                Ok(jobs) => {
-                    self.health.github(Ok(()));
-                    listed_repos.insert(repo.to_ascii_lowercase());
-                    for ev in jobs {
-                        queued_seen.insert(ev.job_id);
-                        if !self.obs.jobs.contains_key(&ev.job_id) {
-                            info!(job_id = ev.job_id, run_id = ev.run_id, repo = %ev.repo, "queued job found by reconcile");
-                        }
-                        self.store.intake(&poll_delivery(&ev), &ev).await?;
-                    }
-                }
+            let runs = match self.github.list_active_runs(repo).await {
+                Ok(runs) => runs,
                 Err(e) => {
                     self.health.github(Err(&e));
-                    self.adapter_error("list_queued_jobs", &e);
-                    warn!(repo = %repo, error = %e, "cannot list queued jobs");
+                    self.adapter_error("list_runs", &e);
+                    warn!(repo = %repo, error = %e, "cannot list workflow runs");
+                    continue;
+                }
+            };
+            self.health.github(Ok(()));
+            for &run in &runs {
+                if poll {
+                    to_list.push((repo.clone(), run));
+                } else if !known.contains(&run) {
+                    if to_list.len() < NEW_RUN_LISTINGS {
+                        to_list.push((repo.clone(), run));
+                    }
+                } else {
+                    // Never listed first, then the longest ago.
+                    let last = self.run_listed_at.get(&run).copied();
+                    if last.is_none_or(|t| now.saturating_sub(t) >= RELIST_RUN_AFTER_MS) {
+                        relist.push((last.unwrap_or(0), repo.clone(), run));
+                    }
                 }
             }
+            active.insert(repo.to_ascii_lowercase(), runs.into_iter().collect());
         }
-        // Jobs the state has as waiting or running that GitHub may have moved on.
+        relist.sort();
+        to_list.extend(
+            relist
+                .into_iter()
+                .take(KNOWN_RUN_LISTINGS)
+                .map(|(_, repo, run)| (repo, run)),
+        );
+        // Forget runs that are no longer active anywhere listed.
+        self.run_listed_at
+            .retain(|run, _| active.values().any(|runs| runs.contains(run)));
+        for (repo, run) in to_list {
+            let jobs = match self.github.list_run_jobs(&repo, run).await {
+                Ok(jobs) => jobs,
+                Err(e) if e.kind == ErrorKind::NotFound => continue,
+                Err(e) => {
+                    self.adapter_error("list_run_jobs", &e);
+                    warn!(repo = %repo, run, error = %e, "cannot list a run's jobs");
+                    continue;
+                }
+            };
+            self.run_listed_at.insert(run, now);
+            for ev in jobs {
+                let take = match self.obs.jobs.get(&ev.job_id) {
+                    None => ev.status == JobStatus::Queued,
+                    Some(j) => {
+                        j.state == JobState::Queued && ev.status != JobStatus::Queued
+                            || j.state == JobState::InProgress && ev.status == JobStatus::Completed
+                    }
+                };
+                if !take {
+                    continue;
+                }
+                if ev.status == JobStatus::Queued {
+                    info!(job_id = ev.job_id, run_id = ev.run_id, repo = %ev.repo, "queued job found by reconcile");
+                } else {
+                    info!(job_id = ev.job_id, run_id = ev.run_id, repo = %ev.repo, status = ?ev.status, "job status found by reconcile");
+                }
+                self.store.intake(&poll_delivery(&ev), &ev).await?;
+            }
+        }
+        // Jobs the state has as waiting or running that GitHub may have
+        // moved on without a webhook saying so.
+        let claimed: HashSet<&str> = self
+            .obs
+            .jobs
+            .values()
+            .filter(|j| matches!(j.state, JobState::InProgress | JobState::Completed))
+            .filter_map(|j| j.runner_name.as_deref())
+            .collect();
         let stale: Vec<(String, u64)> = self
             .obs
             .jobs
             .values()
-            .filter(|j| listed_repos.contains(&j.repo.to_ascii_lowercase()))
-            .filter(|j| match j.state {
-                JobState::Queued | JobState::Failed => {
-                    !queued_seen.contains(&j.id)
-                        && now.saturating_sub(j.queued_at) > RECHECK_AFTER_MS
-                }
-                JobState::InProgress => self.runner_gone(j),
-                _ => false,
+            .filter(|j| {
+                active
+                    .get(&j.repo.to_ascii_lowercase())
+                    .is_some_and(|runs| match j.state {
+                        JobState::Queued | JobState::Failed => {
+                            now.saturating_sub(j.queued_at) > RECHECK_AFTER_MS
+                                && (!runs.contains(&j.run_id)
+                                    || self.own_runner_took_an_unknown_job(j, &claimed)
+                                        && self.job_checked_at.get(&j.id).is_none_or(|&t| {
+                                            now.saturating_sub(t) >= RELIST_RUN_AFTER_MS
+                                        }))
+                        }
+                        JobState::InProgress => self.runner_gone(j, now),
+                        _ => false,
+                    })
             })
             .take(MAX_JOB_LOOKUPS)
             .map(|j| (j.repo.clone(), j.id))
             .collect();
+        let jobs = &self.obs.jobs;
+        self.job_checked_at.retain(|id, _| jobs.contains_key(id));
         for (repo, id) in stale {
+            self.job_checked_at.insert(id, now);
             match self.github.get_job(&repo, id).await {
                 Ok(ev) => {
                     self.store.intake(&poll_delivery(&ev), &ev).await?;
@@ -1667,14 +1766,37 @@ impl Engine {
         Ok(())
     }
 
-    fn runner_gone(&self, job: &Job) -> bool {
+    /// A runner launched for this waiting job took a job (busy, or done)
+    /// that no job the state knows names as its runner: most likely this
+    /// one, whose `in_progress` webhook was lost (when another job took
+    /// it, that job's webhook names the runner). Looked up so the planner
+    /// does not launch for it again.
+    fn own_runner_took_an_unknown_job(&self, job: &Job, claimed: &HashSet<&str>) -> bool {
+        (1..=job.launches).any(|n| {
+            self.obs
+                .launches
+                .get(&runfleet_core::plan::launch_id(&self.cfg.fleet, job.id, n))
+                .and_then(|l| l.instance_id.as_ref())
+                .and_then(|iid| self.obs.instances.get(iid))
+                .is_some_and(|i| {
+                    (i.busy || i.job_done_at.is_some())
+                        && !claimed.contains(i.runner_name().as_str())
+                })
+        })
+    }
+
+    /// The job's runner is gone (its instance is, or its runner left
+    /// after a job) for longer than a webhook takes: the job is over
+    /// without a `completed` webhook.
+    fn runner_gone(&self, job: &Job, now: Millis) -> bool {
         let Some(iid) = job.runner_name.as_deref().and_then(instance_of_runner) else {
             return false;
         };
-        self.obs
-            .instances
-            .get(iid)
-            .is_none_or(|i| !i.alive() || i.job_done_at.is_some())
+        self.obs.instances.get(iid).is_none_or(|i| {
+            !i.alive()
+                || i.job_done_at
+                    .is_some_and(|t| now.saturating_sub(t) > RECHECK_AFTER_MS)
+        })
     }
 
     fn housekeeping(&mut self, now: Millis, muts: &mut Vec<Mutation>) {

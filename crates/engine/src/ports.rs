@@ -4,8 +4,8 @@
 use async_trait::async_trait;
 use runfleet_core::config::{CapacityMarket, Secret};
 use runfleet_core::model::{
-    ErrorKind, Instance, InstanceState, IntakeEvent, Job, JobEvent, Launch, Millis, Offering,
-    Runner, Scope,
+    ErrorKind, Instance, InstanceState, IntakeEvent, Job, JobEvent, JobStatus, Launch, Millis,
+    Offering, Runner, Scope,
 };
 use serde::{Deserialize, Serialize};
 
@@ -74,9 +74,27 @@ pub trait GitHub: Send + Sync {
     /// Deregisters a runner. A busy runner cannot be deleted: `Invalid`.
     /// An unknown one: `NotFound`.
     async fn delete_runner(&self, scope: &Scope, runner_id: u64) -> PortResult<()>;
+    /// Ids of the queued and in-progress workflow runs of `repo`
+    /// (`owner/name`), all pages, ascending, no repeats.
+    async fn list_active_runs(&self, repo: &str) -> PortResult<Vec<u64>>;
+    /// Every job of one workflow run of `repo` (all pages), whatever its
+    /// status. A run deleted meanwhile: `NotFound`.
+    async fn list_run_jobs(&self, repo: &str, run_id: u64) -> PortResult<Vec<JobEvent>>;
     /// Jobs whose status is `queued` in the queued and in-progress workflow
-    /// runs of `repo` (`owner/name`).
-    async fn list_queued_jobs(&self, repo: &str) -> PortResult<Vec<JobEvent>>;
+    /// runs of `repo`: one listing of the runs and one of each run's jobs.
+    /// The engine's reconcile lists only some runs' jobs each time (see
+    /// `Engine::reconcile_jobs`); this lists them all.
+    async fn list_queued_jobs(&self, repo: &str) -> PortResult<Vec<JobEvent>> {
+        let mut out = Vec::new();
+        for run in self.list_active_runs(repo).await? {
+            match self.list_run_jobs(repo, run).await {
+                Ok(jobs) => out.extend(jobs.into_iter().filter(|j| j.status == JobStatus::Queued)),
+                Err(e) if e.kind == ErrorKind::NotFound => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(out)
+    }
     /// One job's current state.
     async fn get_job(&self, repo: &str, job_id: u64) -> PortResult<JobEvent>;
     /// Jobs whose status is `in_progress` in the in-progress workflow runs

@@ -969,15 +969,7 @@ impl GitHubClient {
         let now = now_millis();
         let mut out = Vec::new();
         for run in runs {
-            let jobs = self
-                .get_all(
-                    "/repos/{owner}/{repo}/actions/runs/{run_id}/jobs",
-                    &format!("/repos/{o}/{n}/actions/runs/{run}/jobs?per_page=100"),
-                    Target::Repo(o, n),
-                    |p: wire::JobsPage| p.jobs,
-                )
-                .await;
-            let jobs = match jobs {
+            let jobs = match self.run_jobs(o, n, run).await {
                 // The run was deleted between the two calls.
                 Err(e) if e.kind == ErrorKind::NotFound => continue,
                 other => other?,
@@ -987,6 +979,17 @@ impl GitHubClient {
             }
         }
         Ok(out)
+    }
+
+    /// Every job of one run (all pages).
+    async fn run_jobs(&self, o: &str, n: &str, run: u64) -> PortResult<Vec<wire::Job>> {
+        self.get_all(
+            "/repos/{owner}/{repo}/actions/runs/{run_id}/jobs",
+            &format!("/repos/{o}/{n}/actions/runs/{run}/jobs?per_page=100"),
+            Target::Repo(o, n),
+            |p: wire::JobsPage| p.jobs,
+        )
+        .await
     }
 
     async fn run_ids(&self, o: &str, n: &str, status: &str) -> PortResult<Vec<u64>> {
@@ -1169,6 +1172,30 @@ impl GitHub for GitHubClient {
             target: Some(target),
         };
         self.request(call).await.map(|_| ())
+    }
+
+    async fn list_active_runs(&self, repo: &str) -> PortResult<Vec<u64>> {
+        let (o, n) = split_repo(repo)?;
+        let mut runs = self.run_ids(o, n, "queued").await?;
+        runs.extend(self.run_ids(o, n, "in_progress").await?);
+        runs.sort_unstable();
+        runs.dedup();
+        Ok(runs)
+    }
+
+    /// Jobs `queued`, `in_progress` or `completed`; one `waiting` (for an
+    /// environment's approval), `pending` or `requested` is not listed,
+    /// as [`GitHub::list_queued_jobs`] does not list it: no runner can take
+    /// it yet.
+    async fn list_run_jobs(&self, repo: &str, run_id: u64) -> PortResult<Vec<JobEvent>> {
+        let (o, n) = split_repo(repo)?;
+        let now = now_millis();
+        self.run_jobs(o, n, run_id)
+            .await?
+            .into_iter()
+            .filter(|j| matches!(j.status.as_str(), "queued" | "in_progress" | "completed"))
+            .map(|j| job_event(j, repo, now))
+            .collect()
     }
 
     async fn list_queued_jobs(&self, repo: &str) -> PortResult<Vec<JobEvent>> {

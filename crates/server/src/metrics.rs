@@ -59,7 +59,7 @@ pub const API_OUTCOMES: [(&str, &[&str]); 2] = [
 ];
 /// Calls through the engine's ports whose failures are counted in
 /// `runfleet_adapter_errors_total` (the engine's names for them).
-pub const ADAPTER_OPERATIONS: [&str; 15] = [
+pub const ADAPTER_OPERATIONS: [&str; 16] = [
     "launch",
     "provision",
     "terminate",
@@ -69,7 +69,8 @@ pub const ADAPTER_OPERATIONS: [&str; 15] = [
     "list_runners",
     "list_jit",
     "list_repos",
-    "list_queued_jobs",
+    "list_runs",
+    "list_run_jobs",
     "get_job",
     "list_running_jobs",
     "rerun_job",

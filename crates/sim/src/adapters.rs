@@ -5,7 +5,7 @@ use std::sync::{Arc, Mutex};
 use async_trait::async_trait;
 use rand::Rng;
 use runfleet_core::config::{CapacityMarket, Secret};
-use runfleet_core::model::{ErrorKind, InstanceState, JobEvent, JobStatus, Runner, Scope};
+use runfleet_core::model::{ErrorKind, InstanceState, JobEvent, JobStatus, Millis, Runner, Scope};
 use runfleet_engine::ports::{
     Cloud, CloudEvent, CloudInstance, GitHub, JitConfig, JitRequest, LaunchOutcome, LaunchRequest,
     Launched, PortError, PortResult,
@@ -25,6 +25,14 @@ fn count(w: &mut World, github: bool, op: &str, mutating: bool) {
             w.calls.aws_mutating += 1;
         }
         *w.calls.aws_by_op.entry(op.to_string()).or_default() += 1;
+    }
+}
+
+/// A GitHub listing of `items` costs a request per page of 100, at least
+/// one, as the real client pays.
+fn count_pages(w: &mut World, op: &str, items: usize) {
+    for _ in 0..items.div_ceil(100).max(1) {
+        count(w, true, op, false);
     }
 }
 
@@ -113,9 +121,9 @@ impl GitHub for SimGitHub {
 
     async fn list_runners(&self, scope: &Scope) -> PortResult<Vec<Runner>> {
         let mut w = self.0.lock().unwrap();
-        count(&mut w, true, "list_runners", false);
         github_fault(&mut w, "list runners")?;
-        Ok(w.runners
+        let runners: Vec<Runner> = w
+            .runners
             .values()
             .filter(|r| &r.scope == scope)
             .map(|r| Runner {
@@ -126,7 +134,9 @@ impl GitHub for SimGitHub {
                 busy: r.busy,
                 labels: r.labels.clone(),
             })
-            .collect())
+            .collect();
+        count_pages(&mut w, "list_runners", runners.len());
+        Ok(runners)
     }
 
     async fn delete_runner(&self, scope: &Scope, runner_id: u64) -> PortResult<()> {
@@ -153,25 +163,48 @@ impl GitHub for SimGitHub {
         }
     }
 
-    async fn list_queued_jobs(&self, repo: &str) -> PortResult<Vec<JobEvent>> {
+    /// Runs with a job not completed; GitHub lists the `queued` ones and
+    /// the `in_progress` ones (a job of it started) separately, each at
+    /// least one page.
+    async fn list_active_runs(&self, repo: &str) -> PortResult<Vec<u64>> {
         let mut w = self.0.lock().unwrap();
-        count(&mut w, true, "list_queued_jobs", false);
         github_fault(&mut w, "list workflow runs")?;
-        let now = w.now;
-        Ok(w.jobs
+        // run -> (a job not completed, a job started)
+        let mut runs: std::collections::BTreeMap<u64, (bool, bool)> = Default::default();
+        for j in w
+            .jobs
             .values()
-            .filter(|j| j.repo == repo && j.status == JobStatus::Queued && j.queued_at.is_some())
-            .map(|j| JobEvent {
-                job_id: j.id,
-                run_id: j.run_id,
-                repo: j.repo.clone(),
-                labels: j.labels.clone(),
-                status: j.status,
-                runner_name: None,
-                conclusion: None,
-                at: j.queued_at.unwrap_or(now),
-            })
-            .collect())
+            .filter(|j| j.repo == repo && j.queued_at.is_some())
+        {
+            let r = runs.entry(j.run_id).or_default();
+            r.0 |= j.status != JobStatus::Completed;
+            r.1 |= j.status != JobStatus::Queued;
+        }
+        runs.retain(|_, (active, _)| *active);
+        let started = runs.values().filter(|(_, s)| *s).count();
+        count_pages(&mut w, "list_runs", runs.len() - started);
+        count_pages(&mut w, "list_runs", started);
+        Ok(runs.into_keys().collect())
+    }
+
+    async fn list_run_jobs(&self, repo: &str, run_id: u64) -> PortResult<Vec<JobEvent>> {
+        let mut w = self.0.lock().unwrap();
+        github_fault(&mut w, "list jobs for a workflow run")?;
+        let now = w.now;
+        let jobs: Vec<JobEvent> = w
+            .jobs
+            .values()
+            .filter(|j| j.repo == repo && j.run_id == run_id && j.queued_at.is_some())
+            .map(|j| sim_job_event(j, now))
+            .collect();
+        count_pages(&mut w, "list_run_jobs", jobs.len());
+        if jobs.is_empty() {
+            return Err(PortError::new(
+                ErrorKind::NotFound,
+                format!("run {run_id} not found in {repo}"),
+            ));
+        }
+        Ok(jobs)
     }
 
     async fn list_running_jobs(&self, repo: &str) -> PortResult<Vec<JobEvent>> {
@@ -210,20 +243,7 @@ impl GitHub for SimGitHub {
                     format!("job {job_id} not found in {repo}"),
                 )
             })?;
-        Ok(JobEvent {
-            job_id: j.id,
-            run_id: j.run_id,
-            repo: j.repo.clone(),
-            labels: j.labels.clone(),
-            status: j.status,
-            runner_name: j.runner.clone(),
-            conclusion: j.conclusion.clone(),
-            at: match j.status {
-                JobStatus::Queued => j.queued_at.unwrap_or(now),
-                JobStatus::InProgress => j.started_at.unwrap_or(now),
-                JobStatus::Completed => j.completed_at.unwrap_or(now),
-            },
-        })
+        Ok(sim_job_event(j, now))
     }
 
     async fn rerun_job(&self, repo: &str, job_id: u64) -> PortResult<()> {
@@ -556,5 +576,25 @@ impl<H: OnLaunch> Cloud for LaunchHook<H> {
     }
     fn request_counts(&self) -> Vec<(String, u64)> {
         self.inner.request_counts()
+    }
+}
+
+/// A job as GitHub's REST API shows it now.
+fn sim_job_event(j: &crate::world::SimJob, now: Millis) -> JobEvent {
+    JobEvent {
+        job_id: j.id,
+        run_id: j.run_id,
+        repo: j.repo.clone(),
+        labels: j.labels.clone(),
+        status: j.status,
+        runner_name: (j.status != JobStatus::Queued)
+            .then(|| j.runner.clone())
+            .flatten(),
+        conclusion: j.conclusion.clone(),
+        at: match j.status {
+            JobStatus::Queued => j.queued_at.unwrap_or(now),
+            JobStatus::InProgress => j.started_at.unwrap_or(now),
+            JobStatus::Completed => j.completed_at.unwrap_or(now),
+        },
     }
 }

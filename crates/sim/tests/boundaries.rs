@@ -132,12 +132,18 @@ impl GitHub for KGitHub {
             )
             .await
     }
-    async fn list_queued_jobs(
+    async fn list_active_runs(&self, repo: &str) -> PortResult<Vec<u64>> {
+        self.1
+            .around("github.list_active_runs", self.0.list_active_runs(repo))
+            .await
+    }
+    async fn list_run_jobs(
         &self,
         repo: &str,
+        run_id: u64,
     ) -> PortResult<Vec<runfleet_core::model::JobEvent>> {
         self.1
-            .around("github.list_queued_jobs", self.0.list_queued_jobs(repo))
+            .around("github.list_run_jobs", self.0.list_run_jobs(repo, run_id))
             .await
     }
     async fn get_job(&self, repo: &str, job_id: u64) -> PortResult<runfleet_core::model::JobEvent> {
@@ -445,7 +451,8 @@ async fn killed_at_every_boundary_the_restart_finishes_every_job_exactly_once() 
         "github.delete_runner",
         "github.generate_jitconfig",
         "github.list_runners",
-        "github.list_queued_jobs",
+        "github.list_active_runs",
+        "github.list_run_jobs",
         "github.list_repos",
     ] {
         assert!(by_name.contains_key(name), "no {name} boundary was covered");

@@ -53,8 +53,11 @@ impl GitHub for Minting {
     async fn delete_runner(&self, scope: &Scope, runner_id: u64) -> PortResult<()> {
         self.inner.delete_runner(scope, runner_id).await
     }
-    async fn list_queued_jobs(&self, repo: &str) -> PortResult<Vec<JobEvent>> {
-        self.inner.list_queued_jobs(repo).await
+    async fn list_active_runs(&self, repo: &str) -> PortResult<Vec<u64>> {
+        self.inner.list_active_runs(repo).await
+    }
+    async fn list_run_jobs(&self, repo: &str, run_id: u64) -> PortResult<Vec<JobEvent>> {
+        self.inner.list_run_jobs(repo, run_id).await
     }
     async fn get_job(&self, repo: &str, job_id: u64) -> PortResult<JobEvent> {
         self.inner.get_job(repo, job_id).await
