@@ -267,6 +267,28 @@ async fn exhausted_primary_limit_fails_fast_until_reset() {
 }
 
 #[tokio::test]
+async fn remaining_counts_down_from_the_fakes_rate_limit() {
+    let (fake, client, _) = pat_fake().await;
+    let scope = Scope::Repo("acme/app".into());
+    client.list_runners(&scope).await.unwrap();
+    assert_eq!(client.rate_limit().unwrap().remaining, 4999);
+    // One request already counted: remaining 1, then 0.
+    fake.set_rate_limit(3);
+    client.list_runners(&scope).await.unwrap();
+    assert_eq!(client.rate_limit().unwrap().remaining, 1);
+    client.list_runners(&scope).await.unwrap();
+    assert_eq!(client.rate_limit().unwrap().remaining, 0);
+    let e = client.list_runners(&scope).await.unwrap_err();
+    assert_eq!(e.kind, ErrorKind::Throttled);
+    assert_eq!(fake.requests().len(), 3, "nothing sent once exhausted");
+    // A higher limit: a fresh client goes on.
+    fake.set_rate_limit(1_000_000);
+    let again = GitHubClient::new(&fake.pat_config()).unwrap();
+    again.list_runners(&scope).await.unwrap();
+    assert_eq!(again.rate_limit().unwrap().remaining, 999_996);
+}
+
+#[tokio::test]
 async fn get_is_retried_after_5xx_with_backoff() {
     let (fake, client, waits) = pat_fake().await;
     fake.inject(RUNNERS, Fault::Status { status: 502 }, 2);

@@ -120,6 +120,18 @@ async fn standalone_fake_is_controlled_over_http() {
     // Unknown job: 404 from the control surface.
     let (s, _) = control("jobs/1/start", json!({ "runner_name": "x" })).await;
     assert_eq!(s, 404);
+    // The reported primary rate limit.
+    let (s, _) = control("rate_limit", json!({ "limit": 0 })).await;
+    assert_eq!(s, 422);
+    let (s, _) = control("rate_limit", json!({ "limit": 1_000_000 })).await;
+    assert_eq!(s, 200);
+    let r = http
+        .get(format!("{url}/repos/acme/app/actions/runners"))
+        .bearer_auth("ghp_standalone")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.headers()["x-ratelimit-limit"], "1000000");
 
     let requests: Vec<Value> = http
         .get(format!("{url}/_fake/requests"))

@@ -161,8 +161,9 @@ async fn gate(State(shared): S, mut req: Request, next: Next) -> Response {
                 StatusCode::FORBIDDEN,
                 error_json("API rate limit exceeded.", 403),
             );
+            let limit = shared.lock().rate_limit;
             let h = r.headers_mut();
-            h.insert("x-ratelimit-limit", HeaderValue::from(5000u64));
+            h.insert("x-ratelimit-limit", HeaderValue::from(limit));
             h.insert("x-ratelimit-remaining", HeaderValue::from(0u64));
             h.insert(
                 "x-ratelimit-reset",
@@ -207,9 +208,13 @@ fn add_rate_headers(shared: &Shared, h: &mut HeaderMap) {
     if h.contains_key("x-ratelimit-remaining") {
         return;
     }
-    let used = shared.lock().requests.len() as u64 % 5000;
-    h.insert("x-ratelimit-limit", HeaderValue::from(5000u64));
-    h.insert("x-ratelimit-remaining", HeaderValue::from(5000 - used - 1));
+    let (limit, used) = {
+        let st = shared.lock();
+        let limit = st.rate_limit.max(1);
+        (limit, st.requests.len() as u64 % limit)
+    };
+    h.insert("x-ratelimit-limit", HeaderValue::from(limit));
+    h.insert("x-ratelimit-remaining", HeaderValue::from(limit - used - 1));
     h.insert("x-ratelimit-used", HeaderValue::from(used + 1));
     h.insert(
         "x-ratelimit-reset",
@@ -345,13 +350,8 @@ struct PageQuery {
 }
 
 /// One page of `items` and its `Link` header, keeping the other query
-/// parameters.
-fn paginate(
-    base: &str,
-    uri: &Uri,
-    items: Vec<Value>,
-    q: &PageQuery,
-) -> (Vec<Value>, Option<String>) {
+/// parameters. Long lists page their records and render only the page.
+fn paginate<T>(base: &str, uri: &Uri, items: Vec<T>, q: &PageQuery) -> (Vec<T>, Option<String>) {
     let per_page = q.per_page.unwrap_or(30).clamp(1, 100);
     let page = q.page.unwrap_or(1).max(1);
     let total = items.len();
@@ -540,14 +540,14 @@ fn runners_page(
     if let Err(r) = allow(&st, p, owner) {
         return r;
     }
-    let all: Vec<Value> = st
+    let all: Vec<&FakeRunner> = st
         .runners
         .values()
         .filter(|r| same_scope(&r.scope, scope))
-        .map(|r| st.runner_json(r))
         .collect();
     let total = all.len();
     let (page, link) = paginate(&st.base_url, uri, all, q);
+    let page: Vec<Value> = page.into_iter().map(|r| st.runner_json(r)).collect();
     with_link(
         respond(
             StatusCode::OK,
@@ -681,7 +681,7 @@ async fn list_runs(
     };
     let full = r.full_name();
     // Newest first, as GitHub lists them.
-    let all: Vec<Value> = st
+    let all: Vec<_> = st
         .runs
         .values()
         .rev()
@@ -691,10 +691,10 @@ async fn list_runs(
                 .as_deref()
                 .is_none_or(|s| run.status == s || run.conclusion.as_deref() == Some(s))
         })
-        .map(|run| st.run_json(run))
         .collect();
     let total = all.len();
     let (page, link) = paginate(&st.base_url, &uri, all, &q);
+    let page: Vec<Value> = page.into_iter().map(|run| st.run_json(run)).collect();
     with_link(
         respond(
             StatusCode::OK,
@@ -722,14 +722,10 @@ async fn list_jobs(
     if st.runs.get(&run_id).is_none_or(|run| run.repo != full) {
         return not_found();
     }
-    let all: Vec<Value> = st
-        .jobs
-        .values()
-        .filter(|j| j.run_id == run_id)
-        .map(|j| st.job_json(j))
-        .collect();
+    let all: Vec<_> = st.jobs.values().filter(|j| j.run_id == run_id).collect();
     let total = all.len();
     let (page, link) = paginate(&st.base_url, &uri, all, &q);
+    let page: Vec<Value> = page.into_iter().map(|j| st.job_json(j)).collect();
     with_link(
         respond(
             StatusCode::OK,

@@ -23,6 +23,7 @@
 //! | `DELETE /_fake/faults` | | clears faults |
 //! | `GET /_fake/requests` / `DELETE /_fake/requests` | | requests seen / forget them |
 //! | `POST /_fake/token_ttl` | `{"seconds"}` | lifetime of new installation tokens |
+//! | `POST /_fake/rate_limit` | `{"limit"}` | the primary rate limit it reports (5,000 by default) |
 //!
 //! Errors answer 404 (unknown job or runner), 409 (wrong state) or 422.
 
@@ -64,6 +65,7 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
         .route("/_fake/faults", post(inject).delete(clear_faults))
         .route("/_fake/requests", get(requests).delete(clear_requests))
         .route("/_fake/token_ttl", post(token_ttl))
+        .route("/_fake/rate_limit", post(rate_limit))
         .with_state(shared)
 }
 
@@ -340,5 +342,18 @@ struct TtlBody {
 
 async fn token_ttl(State(s): S, Json(b): Json<TtlBody>) -> Response {
     s.lock().token_ttl_ms = b.seconds * 1000;
+    ok(json!({ "ok": true }))
+}
+
+#[derive(Deserialize)]
+struct LimitBody {
+    limit: u64,
+}
+
+async fn rate_limit(State(s): S, Json(b): Json<LimitBody>) -> Response {
+    if b.limit == 0 {
+        return fail(FakeError::Invalid("limit must be at least 1".into()));
+    }
+    s.lock().rate_limit = b.limit;
     ok(json!({ "ok": true }))
 }

@@ -269,6 +269,16 @@ impl FakeGitHub {
         self.shared.lock().token_ttl_ms = ttl.as_millis() as u64;
     }
 
+    /// The primary rate limit the fake reports (`x-ratelimit-limit`; 5,000
+    /// by default, GitHub's hourly limit for a PAT). Its
+    /// `x-ratelimit-remaining` counts down by one a request and starts over
+    /// at zero, so a client that respects it (runfleet's does: it sends
+    /// nothing more until `x-ratelimit-reset`, an hour later) stops once
+    /// every `per_hour` requests. Raise it to run more requests than that.
+    pub fn set_rate_limit(&self, per_hour: u64) {
+        self.shared.lock().rate_limit = per_hour.max(1);
+    }
+
     /// Installation tokens issued so far.
     pub fn tokens_issued(&self) -> u64 {
         self.shared.lock().tokens_issued

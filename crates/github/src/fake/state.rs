@@ -156,6 +156,9 @@ pub(crate) struct State {
     pub pat: Option<String>,
     pub app_id: Option<u64>,
     pub token_ttl_ms: u64,
+    /// The primary rate limit reported in `x-ratelimit-limit`; see
+    /// [`super::FakeGitHub::set_rate_limit`].
+    pub rate_limit: u64,
     pub tokens: HashMap<String, (u64, Millis)>,
     pub tokens_issued: u64,
     pub owners: BTreeMap<String, Owner>,
@@ -182,6 +185,7 @@ impl State {
             pat,
             app_id,
             token_ttl_ms: 3_600_000,
+            rate_limit: 5000,
             tokens: HashMap::new(),
             tokens_issued: 0,
             owners: BTreeMap::new(),
