@@ -521,34 +521,32 @@ impl AwsCloud {
                     .map(|o| offering_token(&req.client_token, o)),
             )),
         }
-        let instances = self.describe(s, OP, filters).await?;
-        Ok(instances
-            .iter()
-            .filter_map(|i| {
-                let ty = i.instance_type().map(|t| t.as_str().to_string())?;
-                let market = market_of(i);
-                let off = req
-                    .offerings
-                    .iter()
-                    .find(|o| o.instance_type == ty && o.market == market)
-                    .cloned()
-                    .unwrap_or(Offering {
-                        instance_type: ty,
-                        subnet: i.subnet_id().map(str::to_string),
-                        market,
-                    });
-                launched_from(i, &off).ok()
-            })
-            .collect())
+        self.describe(s, OP, filters, |i| {
+            let ty = i.instance_type().map(|t| t.as_str().to_string())?;
+            let market = market_of(i);
+            let off = req
+                .offerings
+                .iter()
+                .find(|o| o.instance_type == ty && o.market == market)
+                .cloned()
+                .unwrap_or(Offering {
+                    instance_type: ty,
+                    subnet: i.subnet_id().map(str::to_string),
+                    market,
+                });
+            launched_from(i, &off).ok()
+        })
+        .await
     }
 
     /// Every instance matching `filters` (all pages).
-    async fn describe(
+    async fn describe<T>(
         &self,
         s: &Session,
         op: &str,
         filters: Vec<Filter>,
-    ) -> PortResult<Vec<Ec2Instance>> {
+        mut keep: impl FnMut(&Ec2Instance) -> Option<T>,
+    ) -> PortResult<Vec<T>> {
         let mut out = Vec::new();
         let mut next: Option<String> = None;
         loop {
@@ -568,8 +566,11 @@ impl AwsCloud {
                 })
                 .await
                 .map_err(|f| f.err)?;
+            // Only what the caller keeps outlives the page: the SDK's
+            // description of an instance is kilobytes, and thousands of
+            // them held at once stay in the process's memory after.
             for r in page.reservations() {
-                out.extend(r.instances().iter().cloned());
+                out.extend(r.instances().iter().filter_map(&mut keep));
             }
             match page.next_token() {
                 Some(t) if !t.is_empty() => next = Some(t.to_string()),
@@ -592,12 +593,10 @@ impl AwsCloud {
                     &s,
                     "ec2:DescribeInstances",
                     vec![filter(&format!("tag:{TAG_FLEET}"), [fleet.to_string()])],
+                    cloud_instance,
                 )
                 .await?;
-            for i in instances {
-                let Some(ci) = cloud_instance(&i) else {
-                    continue;
-                };
+            for ci in instances {
                 // Only what really carries this fleet's tag.
                 if ci.tag(TAG_FLEET) != Some(fleet) || !seen.insert(ci.id.clone()) {
                     continue;
@@ -632,33 +631,37 @@ impl AwsCloud {
                 .cloned()
                 .collect();
             for chunk in rest.chunks(batch) {
+                // (id, tagged with this fleet, terminated)
                 let instances = self
                     .describe(
                         &s,
                         "ec2:DescribeInstances",
                         vec![filter("instance-id", chunk.iter().cloned())],
+                        |i| {
+                            let id = i.instance_id()?.to_string();
+                            let tagged = i
+                                .tags()
+                                .iter()
+                                .any(|t| t.key() == Some(TAG_FLEET) && t.value() == Some(fleet));
+                            let gone = matches!(
+                                i.state().and_then(|st| st.name()),
+                                Some(InstanceStateName::Terminated)
+                            );
+                            Some((id, tagged, gone))
+                        },
                     )
                     .await?;
-                for i in instances {
-                    let Some(id) = i.instance_id() else { continue };
-                    if !chunk.iter().any(|c| c == id) || !found.insert(id.to_string()) {
+                for (id, tagged, gone) in instances {
+                    if !chunk.contains(&id) || !found.insert(id.clone()) {
                         continue;
                     }
-                    let tagged = i
-                        .tags()
-                        .iter()
-                        .any(|t| t.key() == Some(TAG_FLEET) && t.value() == Some(fleet));
                     if !tagged {
-                        refused.push(id.to_string());
+                        refused.push(id);
                         continue;
                     }
-                    self.note_owner(id, &key);
-                    let gone = matches!(
-                        i.state().and_then(|st| st.name()),
-                        Some(InstanceStateName::Terminated)
-                    );
+                    self.note_owner(&id, &key);
                     if !gone {
-                        mine.entry(key.clone()).or_default().push(id.to_string());
+                        mine.entry(key.clone()).or_default().push(id);
                     }
                 }
             }
@@ -730,6 +733,7 @@ impl AwsCloud {
                     &s,
                     "ec2:DescribeInstances",
                     vec![filter("instance-id", [instance_id.to_string()])],
+                    |i| i.instance_id().map(str::to_string),
                 )
                 .await?;
             if !found.is_empty() {

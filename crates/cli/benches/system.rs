@@ -147,25 +147,68 @@ impl Serve {
     }
 }
 
-/// With `BENCH_SERVE_TRIM` set: `serve`'s RSS after gdb made it call
-/// `malloc_trim(0)`, which hands the allocator's free pages back to the
-/// system; the difference is heap that was freed but still resident.
-fn trimmed_rss_kb(serve: &Serve) -> Option<u64> {
-    std::env::var_os("BENCH_SERVE_TRIM")?;
+/// With `BENCH_SERVE_TRIM` set, rows that say where `serve`'s memory is:
+/// resident anonymous and file-backed pages (`/proc/PID/status`), the
+/// allocator's heap in use and free but held (gdb calls `mallinfo2()`),
+/// and the RSS after gdb made it call `malloc_trim(0)`, which hands the
+/// allocator's free pages back to the system.
+fn heap_rows(serve: &Serve, what: &str) -> Vec<(String, String)> {
+    if std::env::var_os("BENCH_SERVE_TRIM").is_none() {
+        return Vec::new();
+    }
+    let status =
+        std::fs::read_to_string(format!("/proc/{}/status", serve.child.id())).unwrap_or_default();
+    let kb = |name: &str| -> u64 {
+        status
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    let mut rows = vec![(
+        format!("{what}: resident anonymous / file-backed"),
+        format!(
+            "{:.1} MB / {:.1} MB",
+            mb(kb("RssAnon:")),
+            mb(kb("RssFile:"))
+        ),
+    )];
     let pid = serve.child.id().to_string();
-    let status = Command::new("gdb")
-        .args(["-p", &pid, "-batch", "-ex", "call (int) malloc_trim(0)"])
+    let out = Command::new("gdb")
+        .args(["-p", &pid, "-batch", "-ex", "print mallinfo2()"])
+        .args(["-ex", "call (int) malloc_trim(0)"])
         .stdin(Stdio::null())
-        .stdout(Stdio::null())
         .stderr(Stdio::null())
-        .status();
-    match status {
-        Ok(s) if s.success() => Some(serve.rss_kb().0),
+        .output();
+    let text = match out {
+        Ok(o) if o.status.success() => String::from_utf8_lossy(&o.stdout).into_owned(),
         other => {
             eprintln!("BENCH_SERVE_TRIM: gdb failed: {other:?}");
-            None
+            return rows;
         }
-    }
+    };
+    // `$1 = {arena = 524288, ..., uordblks = 379024, fordblks = 145264, ...}`
+    let field = |name: &str| -> u64 {
+        text.split([',', '{', '}'])
+            .filter_map(|kv| kv.split_once('='))
+            .find(|(k, _)| k.trim() == name)
+            .and_then(|(_, v)| v.trim().parse().ok())
+            .unwrap_or(0)
+    };
+    rows.push((
+        format!("{what}: heap in use / free but held (mallinfo2)"),
+        format!(
+            "{:.1} MB / {:.1} MB",
+            mb((field("uordblks") + field("hblkhd")) / 1024),
+            mb(field("fordblks") / 1024)
+        ),
+    ));
+    rows.push((
+        format!("{what}: RSS after malloc_trim(0)"),
+        format!("{:.1} MB", mb(serve.rss_kb().0)),
+    ));
+    rows
 }
 
 fn mb(kb: u64) -> f64 {
@@ -490,6 +533,7 @@ fn metric(text: &str, name: &str, labels: &[&str]) -> f64 {
 struct RunnersReport {
     rows: Vec<(String, String)>,
     rss_kb: u64,
+    settled_kb: u64,
     hwm_kb: u64,
 }
 
@@ -771,6 +815,9 @@ async fn runners_part(http: &reqwest::Client, n: usize) -> RunnersReport {
         tokio::time::sleep(Duration::from_secs(1)).await;
     };
     let (rss, hwm) = serve.rss_kb();
+    // serve hands the allocator's free pages back every few seconds.
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let (settled, _) = serve.rss_kb();
     rows.push((
         "GitHub requests a reconcile (listings of runs, their jobs, runners)".into(),
         format!("{:.0}", (github_calls(&m) - github_calls(&m0)) / 2.0),
@@ -794,17 +841,17 @@ async fn runners_part(http: &reqwest::Client, n: usize) -> RunnersReport {
         ),
         format!("{:.1} MB (peak {:.1} MB)", mb(rss), mb(hwm)),
     ));
-    if let Some(trimmed) = trimmed_rss_kb(&serve) {
-        rows.push((
-            "RSS after malloc_trim(0) (BENCH_SERVE_TRIM)".into(),
-            format!("{:.1} MB", mb(trimmed)),
-        ));
-    }
+    rows.push((
+        "RSS 10 s later (free pages handed back)".into(),
+        format!("{:.1} MB", mb(settled)),
+    ));
+    rows.extend(heap_rows(&serve, &format!("{n} runners")));
     drop(serve);
     let _ = std::fs::remove_dir_all(&dir);
     RunnersReport {
         rows,
         rss_kb: rss,
+        settled_kb: settled,
         hwm_kb: hwm,
     }
 }
@@ -924,8 +971,9 @@ fn main() {
             memory.push((
                 format!("RSS tracking {n} runners"),
                 format!(
-                    "{:.1} MB (peak {:.1} MB)",
+                    "{:.1} MB right after a reconcile, {:.1} MB 10 s later (peak {:.1} MB)",
                     mb(report.rss_kb),
+                    mb(report.settled_kb),
                     mb(report.hwm_kb)
                 ),
             ));
@@ -1030,11 +1078,6 @@ async fn intake_part(
             format!("{:.1} MB (peak {:.1} MB)", mb(rss), mb(hwm)),
         ),
     ];
-    if let Some(trimmed) = trimmed_rss_kb(&serve) {
-        rows.push((
-            format!("RSS tracking {delivered} queued jobs, after malloc_trim(0)"),
-            format!("{:.1} MB", mb(trimmed)),
-        ));
-    }
+    rows.extend(heap_rows(&serve, &format!("{delivered} queued jobs")));
     rows
 }

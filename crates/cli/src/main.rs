@@ -208,6 +208,7 @@ fn init_logs(format: Option<LogFormat>, default_filter: &str) {
 
 mod demo;
 mod launch;
+mod memory;
 mod ops;
 mod progress;
 mod serve;

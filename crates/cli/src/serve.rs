@@ -18,10 +18,12 @@ use runfleet_engine::{Engine, EngineOptions};
 use tracing::info;
 
 pub fn run(cfg: Config) -> Result<ExitCode> {
+    crate::memory::limit_arenas();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
     rt.block_on(async move {
+        crate::memory::spawn_trim(crate::memory::TRIM_EVERY);
         let cfg = Arc::new(cfg);
         let store = runfleet_store::open(&cfg.server.store)
             .await
