@@ -232,7 +232,7 @@ impl Metrics {
         );
         registry.register(
             "runfleet_launches_cancelled",
-            "Launches dropped before they were sent because no queued job needed them any more (a job taken by another runner, or cancelled), by pool",
+            "Launches dropped before they were sent because no queued job needed them any more: a job taken by another runner or cancelled; by pool",
             launches_cancelled.clone(),
         );
         registry.register(
