@@ -69,6 +69,14 @@ struct Serve {
 
 impl Drop for Serve {
     fn drop(&mut self) {
+        // Under BENCH_SERVE_WRAP (a profiler), serve is the wrapper's child:
+        // ask it to stop so the profiler writes its data, then kill.
+        if std::env::var_os("BENCH_SERVE_WRAP").is_some() {
+            let _ = Command::new("pkill")
+                .args(["-TERM", "-P", &self.child.id().to_string()])
+                .status();
+            std::thread::sleep(Duration::from_secs(15));
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
