@@ -12,11 +12,11 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicIsize, Ordering};
 
+use runfleet_core::config::CapacityMarket;
 use runfleet_core::model::{
     Instance, InstanceState, Job, JobEvent, JobState, JobStatus, Launch, LaunchBatch, LaunchState,
     Offering, Runner, Scope, runner_name,
 };
-use runfleet_core::config::CapacityMarket;
 use runfleet_engine::memstore::MemStore;
 use runfleet_engine::ports::{Mutation, Store};
 use runfleet_engine::{Engine, EngineOptions};
@@ -95,7 +95,13 @@ fn records(i: u64) -> (Job, Launch, Instance, Runner) {
             size: 20,
         }),
     };
-    let mut inst = Instance::new(&iid, "demo", POOL, InstanceState::Running, 1_700_000_001_000);
+    let mut inst = Instance::new(
+        &iid,
+        "demo",
+        POOL,
+        InstanceState::Running,
+        1_700_000_001_000,
+    );
     inst.launch_id = Some(launch_id);
     inst.scope = Some(Scope::Repo(REPO.into()));
     inst.market = Some(CapacityMarket::Spot);

@@ -26,10 +26,11 @@
 //! **Public boundary**: [`driver::run`] (or [`driver::run_wrapped`]) with [`driver::SimOptions`] ->
 //! [`driver::Summary`], [`driver::demo_config`], and [`world::World`] with
 //! [`adapters::SimGitHub`] / [`adapters::SimCloud`] for tests that drive the
-//! engine step by step.
+//! engine step by step ([`rig::EngineRig`] puts them together).
 
 pub mod adapters;
 pub mod driver;
+pub mod rig;
 pub mod world;
 
 pub use driver::{

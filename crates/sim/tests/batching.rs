@@ -9,12 +9,12 @@ use std::time::Duration;
 
 use runfleet_core::config::Config;
 use runfleet_core::model::{JobEvent, JobStatus, LaunchState, Millis};
+use runfleet_engine::Engine;
 use runfleet_engine::memstore::MemStore;
 use runfleet_engine::ports::Store;
-use runfleet_engine::{Engine, EngineOptions};
-use runfleet_sim::adapters::{SimCloud, SimGitHub};
 use runfleet_sim::demo_config;
-use runfleet_sim::world::{World, WorldConfig};
+use runfleet_sim::rig::EngineRig;
+use runfleet_sim::world::World;
 
 struct Rig {
     world: Arc<Mutex<World>>,
@@ -36,19 +36,11 @@ fn queued(job_id: u64) -> JobEvent {
 }
 
 async fn rig(config: Config) -> Rig {
-    let world = Arc::new(Mutex::new(World::new(WorldConfig::default())));
-    world.lock().unwrap().repos = vec!["acme/app".into()];
-    let store = Arc::new(MemStore::new());
-    let engine = Engine::new(
-        Arc::new(config),
-        Arc::new(SimGitHub(world.clone())),
-        Arc::new(SimCloud(world.clone())),
-        store.clone(),
-        EngineOptions::default(),
-        0,
-    )
-    .await
-    .unwrap();
+    let EngineRig {
+        world,
+        store,
+        engine,
+    } = EngineRig::new(config, &["acme/app"]).await;
     Rig {
         world,
         store,

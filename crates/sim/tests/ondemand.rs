@@ -7,10 +7,10 @@ use std::sync::{Arc, Mutex};
 
 use runfleet_core::model::{IntakeEvent, LaunchState, Millis, StartRequest};
 use runfleet_core::runs::{RunState, run_status};
+use runfleet_engine::Engine;
 use runfleet_engine::memstore::MemStore;
-use runfleet_engine::{Engine, EngineOptions};
-use runfleet_sim::adapters::{SimCloud, SimGitHub};
-use runfleet_sim::world::{World, WorldConfig};
+use runfleet_sim::rig::EngineRig;
+use runfleet_sim::world::World;
 
 fn start(id: &str, pool: &str) -> StartRequest {
     StartRequest {
@@ -32,19 +32,11 @@ struct Rig {
 
 impl Rig {
     async fn new() -> Rig {
-        let world = Arc::new(Mutex::new(World::new(WorldConfig::default())));
-        world.lock().unwrap().repos = vec!["acme/app".into()];
-        let store = Arc::new(MemStore::new());
-        let engine = Engine::new(
-            Arc::new(runfleet_sim::demo_config()),
-            Arc::new(SimGitHub(world.clone())),
-            Arc::new(SimCloud(world.clone())),
-            store.clone(),
-            EngineOptions::default(),
-            0,
-        )
-        .await
-        .unwrap();
+        let EngineRig {
+            world,
+            store,
+            engine,
+        } = EngineRig::new(runfleet_sim::demo_config(), &["acme/app"]).await;
         Rig {
             world,
             store,

@@ -10,11 +10,11 @@ use std::sync::{Arc, Mutex};
 
 use runfleet_core::config::Config;
 use runfleet_core::model::{JobState, JobStatus, Millis};
+use runfleet_engine::Engine;
 use runfleet_engine::memstore::MemStore;
-use runfleet_engine::{Engine, EngineOptions};
-use runfleet_sim::adapters::{SimCloud, SimGitHub};
 use runfleet_sim::demo_config;
-use runfleet_sim::world::{World, WorldConfig};
+use runfleet_sim::rig::EngineRig;
+use runfleet_sim::world::World;
 
 const REPO: &str = "acme/app";
 
@@ -35,19 +35,11 @@ async fn rig(poll: bool) -> Rig {
         p.warm = 0;
         p.warm_schedule.clear();
     }
-    let world = Arc::new(Mutex::new(World::new(WorldConfig::default())));
-    world.lock().unwrap().repos = vec![REPO.into()];
-    let store = Arc::new(MemStore::new());
-    let engine = Engine::new(
-        Arc::new(cfg),
-        Arc::new(SimGitHub(world.clone())),
-        Arc::new(SimCloud(world.clone())),
-        store.clone(),
-        EngineOptions::default(),
-        0,
-    )
-    .await
-    .unwrap();
+    let EngineRig {
+        world,
+        store,
+        engine,
+    } = EngineRig::new(cfg, &[REPO]).await;
     Rig {
         world,
         store,
