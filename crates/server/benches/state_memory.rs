@@ -1,12 +1,12 @@
-//! Memory of the engine's state per tracked runner: the heap the engine
-//! holds after loading a store of N jobs, each running on its own instance
-//! with its launch (what `serve` holds for N busy runners), plus the
-//! runners as GitHub's listing gives them. Counted by a global allocator
-//! that keeps the live byte count, so it is the engine's own share, not
-//! the process's RSS (`cargo bench -p runfleet --bench system -- runners`
-//! measures that).
+//! Memory of the state per tracked runner: the heap the engine holds after
+//! loading a store of N jobs, each running on its own instance with its
+//! launch (what `serve` holds for N busy runners), the runners as GitHub's
+//! listing gives them, and the status view the server keeps (rebuilt each
+//! step). Counted by a global allocator that keeps the live byte count, so
+//! these are shares of the heap, not the process's RSS (`cargo bench -p
+//! runfleet --bench system -- runners` measures that).
 //!
-//! `cargo bench -p runfleet-sim --bench state_memory [-- N]` (default 10000).
+//! `cargo bench -p runfleet-server --bench state_memory [-- N]` (default 10000).
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::Arc;
@@ -166,6 +166,10 @@ fn main() {
         let listing = live() - before;
         let o = engine.observed();
         assert_eq!(o.instances.len() as u64, n);
+        let before = live();
+        let view = runfleet_server::view::View::of(&engine, 1_700_000_100_000);
+        let view_bytes = live() - before;
+        assert_eq!(view.instances.len() as u64, n);
         let per = |b: isize| b as f64 / n as f64;
         println!("| engine state, {n} busy runners (job, launch, instance each) | value |");
         println!("|---|---|");
@@ -179,6 +183,12 @@ fn main() {
             listing as f64 / 1048576.0,
             per(listing)
         );
+        println!(
+            "| the status view (`View::of`, rebuilt each step) | {:.1} MB ({:.0} bytes per runner) |",
+            view_bytes as f64 / 1048576.0,
+            per(view_bytes)
+        );
+        drop(view);
         drop(listed);
         drop(engine);
     });
