@@ -921,3 +921,58 @@ async fn running_jobs_name_their_runner() {
         "{queued:?}"
     );
 }
+
+#[tokio::test]
+async fn active_runs_and_one_runs_jobs_whatever_their_status() {
+    let (fake, client, _) = pat_fake().await;
+    let port: &dyn GitHub = &client;
+    let a = fake
+        .queue_job("acme/app", &["self-hosted", "linux"], false)
+        .await;
+    let b = fake
+        .queue_job_in_run(a.run_id, &["self-hosted", "linux"], false)
+        .await
+        .unwrap();
+    let c = fake
+        .queue_job_in_run(a.run_id, &["self-hosted", "linux"], false)
+        .await
+        .unwrap();
+    let done = fake
+        .queue_job("acme/app", &["self-hosted", "linux"], false)
+        .await;
+    for r in ["r-1", "r-2", "r-3"] {
+        fake.register_runner(
+            Scope::Repo("acme/app".into()),
+            r,
+            &["self-hosted", "linux"],
+            true,
+        );
+    }
+    fake.start_job(a.job_id, "r-1").await.unwrap();
+    fake.start_job(b.job_id, "r-2").await.unwrap();
+    fake.complete_job(b.job_id, "success").await.unwrap();
+    fake.start_job(done.job_id, "r-3").await.unwrap();
+    fake.complete_job(done.job_id, "success").await.unwrap();
+
+    // The run with a job still running or waiting is active; the run whose
+    // only job is done is not.
+    assert_eq!(
+        port.list_active_runs("acme/app").await.unwrap(),
+        vec![a.run_id]
+    );
+    let mut jobs = port.list_run_jobs("acme/app", a.run_id).await.unwrap();
+    jobs.sort_by_key(|j| j.job_id);
+    let seen: Vec<(u64, JobStatus)> = jobs.iter().map(|j| (j.job_id, j.status)).collect();
+    assert_eq!(
+        seen,
+        vec![
+            (a.job_id, JobStatus::InProgress),
+            (b.job_id, JobStatus::Completed),
+            (c.job_id, JobStatus::Queued),
+        ]
+    );
+    assert_eq!(jobs[0].runner_name.as_deref(), Some("r-1"));
+    assert_eq!(jobs[1].conclusion.as_deref(), Some("success"));
+    let e = port.list_run_jobs("acme/app", 987_654).await.unwrap_err();
+    assert_eq!(e.kind, ErrorKind::NotFound, "{e}");
+}
