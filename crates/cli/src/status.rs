@@ -57,6 +57,18 @@ pub fn run(cfg: Config, as_json: bool) -> Result<ExitCode> {
             p.0 += 1;
         }
     }
+    // What the status page calls each instance (busy, idle, warm, booting,
+    // terminating) needs its launch: the same reading as the page.
+    let obs = runfleet_core::plan::Observed {
+        launches: snap
+            .launches
+            .iter()
+            .map(|l| (l.id.clone(), l.clone()))
+            .collect(),
+        ..Default::default()
+    };
+    let runner_state =
+        |i: &runfleet_core::model::Instance| runfleet_server::view::instance_state(&obs, i);
     let queued: Vec<_> = snap
         .jobs
         .iter()
@@ -73,7 +85,7 @@ pub fn run(cfg: Config, as_json: bool) -> Result<ExitCode> {
         let v = json!({
             "fleet": cfg.fleet,
             "pools": pools.iter().map(|(n, (used, q, max))| json!({"name": n, "used": used, "max_runners": max, "queued": q})).collect::<Vec<_>>(),
-            "instances": alive.iter().map(|i| json!({"id": i.id, "pool": i.pool, "state": i.state.as_str(), "launched_at": i.launched_at, "runner_online": i.runner_online_at.is_some(), "busy": i.busy})).collect::<Vec<_>>(),
+            "instances": alive.iter().map(|i| json!({"id": i.id, "pool": i.pool, "state": i.state.as_str(), "launched_at": i.launched_at, "runner_online": i.runner_online_at.is_some(), "busy": i.busy, "runner": runner_state(i)})).collect::<Vec<_>>(),
             "queued_jobs": queued.iter().map(|j| json!({"id": j.id, "repo": j.repo, "labels": j.labels, "queued_at": j.queued_at})).collect::<Vec<_>>(),
             "failed_jobs": snap.jobs.iter().filter(|j| matches!(j.state, JobState::Failed | JobState::Ignored)).map(|j| json!({"id": j.id, "repo": j.repo, "state": j.state.as_str(), "reason": j.reason})).collect::<Vec<_>>(),
         });
@@ -87,15 +99,9 @@ pub fn run(cfg: Config, as_json: bool) -> Result<ExitCode> {
     }
     println!("\n{} instances alive", alive.len());
     for i in &alive {
-        let runner = if i.busy {
-            "busy"
-        } else if i.runner_online_at.is_some() {
-            "idle"
-        } else {
-            "booting"
-        };
+        let runner = runner_state(i);
         println!(
-            "  {:<21} {:<16} {:<14} {:<8} {}s",
+            "  {:<21} {:<16} {:<14} {:<11} {}s",
             i.id,
             i.pool,
             i.state.as_str(),

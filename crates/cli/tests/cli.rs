@@ -194,3 +194,82 @@ fn status_without_a_store_says_so_and_creates_none() {
     assert!(e.contains("no store at") && e.contains("missing.db"), "{e}");
     assert!(!db.exists(), "status created a store");
 }
+
+/// `runfleet status` names each instance as the status page does: a warm
+/// instance waiting for a job is `warm`, not `booting`.
+#[test]
+fn status_names_instances_as_the_status_page_does() {
+    use runfleet_core::model::{Instance, InstanceState, Launch, LaunchState, Scope};
+    use runfleet_engine::ports::Mutation;
+
+    let db = std::env::temp_dir().join(format!("runfleet-cli-{}-status.db", std::process::id()));
+    let _ = std::fs::remove_file(&db);
+    let url = format!("sqlite://{}", db.display());
+    let launch = |id: &str, warm: bool, iid: &str| Launch {
+        id: id.into(),
+        pool: "linux-x64".into(),
+        scope: Scope::Repo("acme/app".into()),
+        job_id: (!warm).then_some(7),
+        unique_label: None,
+        name: None,
+        state: LaunchState::Launched,
+        requested_at: 1,
+        instance_id: Some(iid.into()),
+        error: None,
+        not_before: 0,
+        batch: None,
+    };
+    let instance = |iid: &str, launch: &str, warm: bool| {
+        let mut i = Instance::new(iid, "acme-ci", "linux-x64", InstanceState::Running, 1);
+        i.launch_id = Some(launch.into());
+        i.scope = (!warm).then(|| Scope::Repo("acme/app".into()));
+        i
+    };
+    let mut busy = instance("i-0000000000000000b", "l-busy", false);
+    busy.jit_written = true;
+    busy.runner_online_at = Some(2);
+    busy.busy = true;
+    let muts = vec![
+        Mutation::PutLaunch(launch("l-warm", true, "i-0000000000000000a")),
+        Mutation::PutInstance(instance("i-0000000000000000a", "l-warm", true)),
+        Mutation::PutLaunch(launch("l-busy", false, "i-0000000000000000b")),
+        Mutation::PutInstance(busy),
+        Mutation::PutLaunch(launch("l-boot", false, "i-0000000000000000c")),
+        Mutation::PutInstance(instance("i-0000000000000000c", "l-boot", false)),
+    ];
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(async {
+            let store = runfleet_store::open(&url).await.unwrap();
+            store.apply(&muts).await.unwrap();
+        });
+    let text = GOOD.replace(
+        "[github]",
+        &format!("[server]\nstore = \"{url}\"\n[github]"),
+    );
+    let p = write("status-states.toml", &text);
+    let o = runfleet(&["status", "--json", "--config", p.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let runner = |id: &str| {
+        v["instances"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|i| i["id"] == id)
+            .map(|i| i["runner"].as_str().unwrap().to_string())
+    };
+    assert_eq!(runner("i-0000000000000000a").as_deref(), Some("warm"));
+    assert_eq!(runner("i-0000000000000000b").as_deref(), Some("busy"));
+    assert_eq!(runner("i-0000000000000000c").as_deref(), Some("booting"));
+    let o = runfleet(&["status", "--config", p.to_str().unwrap()]);
+    let out = String::from_utf8_lossy(&o.stdout);
+    let line = out
+        .lines()
+        .find(|l| l.contains("i-0000000000000000a"))
+        .unwrap();
+    assert!(line.contains("warm"), "{out}");
+    let _ = std::fs::remove_file(&db);
+}
