@@ -295,7 +295,7 @@ pub struct Engine {
     /// Active workflow run -> when the reconcile last listed its jobs.
     run_listed_at: HashMap<u64, Millis>,
     /// Waiting job -> when the reconcile last looked it up because a
-    /// runner launched for it took a job (see `own_runner_took_a_job`).
+    /// runner launched for it took a job (see `own_runner_took_an_unknown_job`).
     job_checked_at: HashMap<u64, Millis>,
     last_error: Option<(String, PortError)>,
     /// No cloud event poll before this (see `interruptions`).
