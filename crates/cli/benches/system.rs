@@ -141,17 +141,22 @@ impl Serve {
 
     /// (VmRSS, VmHWM) in KiB.
     fn rss_kb(&self) -> (u64, u64) {
+        let [rss, hwm] = self.status_kb(["VmRSS:", "VmHWM:"]);
+        (rss, hwm)
+    }
+
+    /// Fields of `/proc/PID/status` in KiB (0 when absent).
+    fn status_kb<const N: usize>(&self, names: [&str; N]) -> [u64; N] {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
             .unwrap_or_default();
-        let field = |name: &str| {
+        names.map(|name| {
             status
                 .lines()
                 .find(|l| l.starts_with(name))
                 .and_then(|l| l.split_whitespace().nth(1))
                 .and_then(|v| v.parse().ok())
                 .unwrap_or(0)
-        };
-        (field("VmRSS:"), field("VmHWM:"))
+        })
     }
 }
 
@@ -164,23 +169,10 @@ fn heap_rows(serve: &Serve, what: &str) -> Vec<(String, String)> {
     if std::env::var_os("BENCH_SERVE_TRIM").is_none() {
         return Vec::new();
     }
-    let status =
-        std::fs::read_to_string(format!("/proc/{}/status", serve.child.id())).unwrap_or_default();
-    let kb = |name: &str| -> u64 {
-        status
-            .lines()
-            .find(|l| l.starts_with(name))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0)
-    };
+    let [anon, file] = serve.status_kb(["RssAnon:", "RssFile:"]);
     let mut rows = vec![(
         format!("{what}: resident anonymous / file-backed"),
-        format!(
-            "{:.1} MB / {:.1} MB",
-            mb(kb("RssAnon:")),
-            mb(kb("RssFile:"))
-        ),
+        format!("{:.1} MB / {:.1} MB", mb(anon), mb(file)),
     )];
     let pid = serve.child.id().to_string();
     let out = Command::new("gdb")
