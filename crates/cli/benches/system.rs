@@ -423,17 +423,7 @@ impl IndexedMoto {
     /// default virtualenv, or `PATH`) under its own interpreter (its `#!`
     /// line), on a free loopback port.
     async fn start(http: &reqwest::Client) -> Result<IndexedMoto, String> {
-        let venv = PathBuf::from("/root/.cache/runfleet-venv/bin/moto_server");
-        let bin = std::env::var_os("RUNFLEET_MOTO_SERVER")
-            .map(PathBuf::from)
-            .or_else(|| venv.is_file().then_some(venv))
-            .or_else(|| {
-                std::env::var_os("PATH").and_then(|paths| {
-                    std::env::split_paths(&paths)
-                        .map(|d| d.join("moto_server"))
-                        .find(|p| p.is_file())
-                })
-            })
+        let bin = aws::moto_binary()
             .ok_or("moto_server not found: run crates/aws/tests/install-moto.sh and set RUNFLEET_MOTO_SERVER to the path it prints")?;
         let script =
             std::fs::read_to_string(&bin).map_err(|e| format!("{}: {e}", bin.display()))?;
@@ -446,10 +436,7 @@ impl IndexedMoto {
         let python = interpreter
             .next()
             .ok_or_else(|| format!("{}: empty #! line", bin.display()))?;
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .map_err(|e| format!("no free loopback port: {e}"))?
-            .port();
+        let port = aws::free_port();
         let child = Command::new(python)
             .args(interpreter)
             .arg("-c")

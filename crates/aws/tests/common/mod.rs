@@ -39,7 +39,9 @@ pub struct Moto {
     child: Option<Child>,
 }
 
-fn moto_binary() -> Option<PathBuf> {
+/// The `moto_server` to run: `RUNFLEET_MOTO_SERVER`, the default
+/// virtualenv, or `PATH`.
+pub fn moto_binary() -> Option<PathBuf> {
     if let Some(p) = std::env::var_os("RUNFLEET_MOTO_SERVER") {
         return Some(PathBuf::from(p));
     }
@@ -54,7 +56,7 @@ fn moto_binary() -> Option<PathBuf> {
     })
 }
 
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
