@@ -144,6 +144,7 @@ async fn run(scenario: &'static str, moto: &Moto, world: &World, n: usize, scale
             user_data: "#!/bin/bash\npoweroff\n".into(),
             role_arn: None,
             external_id: None,
+            resend: false,
         };
         set.spawn(async move {
             let _permit = permit;

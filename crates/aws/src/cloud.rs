@@ -316,7 +316,10 @@ impl AwsCloud {
         }
         let count = req.count.max(1) as usize;
         let session = self.session(&key).await?;
-        if lock(&self.uncertain).contains(&req.client_token) {
+        // A call that may have taken effect, in this process or in one that
+        // died since: what it started is looked up first (moto, unlike EC2,
+        // does not answer a repeated ClientToken with the same instances).
+        if req.resend || lock(&self.uncertain).contains(&req.client_token) {
             let found = self.find_launched(&session, req).await?;
             // Every instance of the call is there: done. Fewer (a batch cut
             // short): the call is sent again with the same tokens, which

@@ -58,6 +58,7 @@ fn request(
         user_data: format!("#!/bin/bash\necho launch {id}\npoweroff\n"),
         role_arn: None,
         external_id: None,
+        resend: false,
     }
 }
 
@@ -265,6 +266,21 @@ async fn a_batch_asks_for_every_instance_and_walks_on_with_the_rest() {
     again_ids.sort();
     assert_eq!(again_ids, ids);
     assert_eq!(s.proxy.count("ec2:RunInstances"), 3);
+
+    // Re-sent by another process (the leader that sent it died): it finds
+    // the batch's instances by their tag and starts none (moto, unlike EC2,
+    // would start them again for the same ClientToken).
+    let fresh = AwsCloud::new(sdk_config(&s.proxy.url), test_options());
+    req.resend = true;
+    let resent = fresh.launch(&req).await.expect("re-sent launch");
+    let mut resent_ids: Vec<String> = resent
+        .instances
+        .iter()
+        .map(|l| l.instance_id.clone())
+        .collect();
+    resent_ids.sort();
+    assert_eq!(resent_ids, ids);
+    assert_eq!(s.proxy.count("ec2:RunInstances"), 3, "no second call");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

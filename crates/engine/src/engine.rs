@@ -954,7 +954,7 @@ impl Engine {
         let fleet = self.cfg.fleet.as_str();
         let a = match io {
             Io::Launch(call) => {
-                let result = match self.launch_request(&call.plan, &call.batch) {
+                let result = match self.launch_request(&call.plan, &call.batch, call.resend) {
                     Ok(req) => self.cloud.launch(&req).await,
                     Err(e) => Err(e),
                 };
@@ -1062,7 +1062,12 @@ impl Engine {
         Ok(jit.runner_id)
     }
 
-    fn launch_request(&self, lp: &LaunchPlan, batch: &LaunchBatch) -> PortResult<LaunchRequest> {
+    fn launch_request(
+        &self,
+        lp: &LaunchPlan,
+        batch: &LaunchBatch,
+        resend: bool,
+    ) -> PortResult<LaunchRequest> {
         let pool = self.cfg.pool(&lp.pool).ok_or_else(|| {
             PortError::new(
                 ErrorKind::Invalid,
@@ -1126,6 +1131,7 @@ impl Engine {
                 .external_id
                 .clone()
                 .or_else(|| self.cfg.aws.external_id.clone()),
+            resend,
         })
     }
 

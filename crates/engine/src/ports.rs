@@ -147,6 +147,10 @@ pub struct LaunchRequest {
     /// Assume this role (with external id) to launch in another account.
     pub role_arn: Option<String>,
     pub external_id: Option<Secret>,
+    /// This batch was sent before, maybe by a process that died since (its
+    /// call may have taken effect): the adapter looks for the batch's
+    /// instances before calling again rather than lean on the token alone.
+    pub resend: bool,
 }
 
 /// One instance the cloud started.

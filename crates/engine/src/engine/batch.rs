@@ -23,6 +23,8 @@ pub(super) struct LaunchCall {
     pub batch: LaunchBatch,
     /// The plan of the first member: pool, warm or not, name, offerings.
     pub plan: LaunchPlan,
+    /// Sent before and maybe done (see [`crate::ports::LaunchRequest::resend`]).
+    pub resend: bool,
 }
 
 /// The id of a batch of several launches: its first member's id (unique,
@@ -87,7 +89,11 @@ impl Engine {
                 self.members_mut(&batch.id, |l| l.not_before = at);
                 continue;
             }
-            calls.push(LaunchCall { batch, plan: lp });
+            calls.push(LaunchCall {
+                batch,
+                plan: lp,
+                resend: true,
+            });
         }
         let window = self.cfg.server.launch_batch_window.as_millis() as Millis;
         // Never more than the instance bucket can ever hold, or the batch
@@ -158,7 +164,11 @@ impl Engine {
                 progressed += members.len();
                 self.last_launch_call.insert(pool.clone(), now);
                 let plan = members.into_iter().next().expect("a batch has members");
-                calls.push(LaunchCall { batch, plan });
+                calls.push(LaunchCall {
+                    batch,
+                    plan,
+                    resend: false,
+                });
             }
         }
         (calls, progressed)
